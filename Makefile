@@ -1,0 +1,40 @@
+# One-command set-up: `make run` and `make test` create .venv and install what is needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+# torch goes in first, pinned: an unpinned torch (or one pulled in by diffusers) is a CUDA build
+# of several GB. Re-runs only when pyproject.toml changes, so later `make` calls are instant.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m bot
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy pipeline bot
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	@if [ -f bench/executor.py ]; then $(PY) bench/executor.py; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,441 @@
+"""The diffusers engine: load a model, say what it can do, refuse what it can't, draw reproducibly.
+
+Only one thread may use an ``Engine`` at a time (diffusers pipelines are not thread-safe); the
+executor guarantees that.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelLoadError, UnsupportedOption
+from pipeline.request import MAX_SEED, DrawRequest, DrawResult, random_seed
+from pipeline.samplers import SAMPLERS, Sampler, sampler_for_scheduler, samplers_for_pipeline
+from pipeline.tiny import TINY_MODELS, tiny_model_path
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[int, int], None]
+
+MAX_STEPS = 150
+MAX_COUNT = 4
+MIN_SIDE = 64
+MAX_SIDE = 2048
+SIZE_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the loaded model can honour; the bot validates and builds menus from this."""
+
+    model: str
+    pipeline_class: str
+    negative_prompt: bool
+    eta: bool
+    guidance: bool
+    default_width: int
+    default_height: int
+    min_side: int
+    max_side: int
+    size_multiple: int
+    samplers: tuple[str, ...]
+    default_sampler: str
+    max_prompt_tokens: int
+    max_steps: int = MAX_STEPS
+    max_count: int = MAX_COUNT
+
+
+class Engine:
+    """One loaded diffusers text-to-image pipeline and everything needed to run it exactly."""
+
+    def __init__(self, pipe: Any, model: str, *, device: str = "cpu") -> None:
+        self.pipe = pipe
+        self.model = model
+        self.device = device
+        # Every run builds its scheduler afresh from this one, so a sampler picked for one
+        # request can never leak into the next.
+        self._base_scheduler = pipe.scheduler
+        pipe.set_progress_bar_config(disable=True)
+        self.capabilities = self._inspect()
+
+    # -- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "auto", cache_dir: Path | None = None) -> Engine:
+        """Load ``model``: a hub id, a local folder, or ``tiny:sd`` / ``tiny:ldm``.
+
+        ``device="auto"`` picks CUDA (fp16) when available, else the CPU (fp32).
+        """
+        import torch
+        from diffusers import DiffusionPipeline
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        source = _resolve_source(model, cache_dir)
+        log.info("loading model %s from %s on %s (%s)", model, source, device, dtype)
+        try:
+            if Path(source).is_dir():
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+            else:
+                pipe = _from_hub(source, dtype)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load model {model!r}: {exc}") from exc
+        if not hasattr(pipe, "unet") or not hasattr(pipe, "tokenizer"):
+            raise ModelLoadError(
+                f"{model!r} is a {type(pipe).__name__}, not a text-to-image pipeline with a UNet."
+            )
+        pipe.to(device)
+        return cls(pipe, model, device=device)
+
+    # -- capabilities --------------------------------------------------------------------
+
+    def _inspect(self) -> Capabilities:
+        pipe = self.pipe
+        params = inspect.signature(type(pipe).__call__).parameters
+        scale = _vae_scale_factor(pipe)
+        sample_size = pipe.unet.config.sample_size
+        if isinstance(sample_size, int):
+            default_h = default_w = sample_size * scale
+        else:
+            default_h, default_w = (s * scale for s in sample_size)
+        supported = samplers_for_pipeline(type(pipe))
+        own = sampler_for_scheduler(self._base_scheduler)
+        default = own if own in supported else supported[0]
+        return Capabilities(
+            model=self.model,
+            pipeline_class=type(pipe).__name__,
+            negative_prompt="negative_prompt" in params,
+            eta="eta" in params,
+            guidance="guidance_scale" in params,
+            default_width=default_w,
+            default_height=default_h,
+            min_side=MIN_SIDE,
+            max_side=min(MAX_SIDE, 2 * max(default_w, default_h)),
+            size_multiple=SIZE_MULTIPLE,
+            samplers=tuple(s.id for s in supported),
+            default_sampler=default.id,
+            max_prompt_tokens=int(pipe.tokenizer.model_max_length),
+        )
+
+    def prompt_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes, start and end markers included."""
+        return len(self.pipe.tokenizer(text, truncation=False).input_ids)
+
+    # -- validation ----------------------------------------------------------------------
+
+    def resolve(self, request: DrawRequest) -> DrawRequest:
+        """Fill every "model default" field in, so the request says exactly what will run."""
+        caps = self.capabilities
+        return replace(
+            request,
+            sampler=request.sampler or caps.default_sampler,
+            seed=random_seed() if request.seed is None else request.seed,
+            width=request.width or caps.default_width,
+            height=request.height or caps.default_height,
+            model=self.model,
+        )
+
+    def validate(self, request: DrawRequest) -> list[str]:
+        """Raise ``UnsupportedOption`` for anything the model can't honour; return notes.
+
+        Notes are things the user should know that don't stop the run (a truncated prompt).
+        """
+        caps = self.capabilities
+        r = self.resolve(request)
+        if not r.prompt.strip():
+            raise UnsupportedOption("The prompt is empty: describe what you'd like drawn.")
+        if request.model not in (None, self.model):
+            raise UnsupportedOption(
+                f"This bot has {self.model} loaded, not {request.model}; leave the model out."
+            )
+        if not 1 <= r.steps <= caps.max_steps:
+            raise UnsupportedOption(f"Steps must be between 1 and {caps.max_steps}; got {r.steps}.")
+        if not 1 <= r.count <= caps.max_count:
+            raise UnsupportedOption(
+                f"You can ask for 1 to {caps.max_count} images at once; got {r.count}."
+            )
+        if r.seed is None or not 0 <= r.seed <= MAX_SEED:
+            raise UnsupportedOption(f"The seed must be between 0 and {MAX_SEED}.")
+        self._check_size(r.width or 0, r.height or 0)
+        self._check_sampler(r.sampler or "")
+        if not 0 <= r.guidance <= 30:
+            raise UnsupportedOption(f"Guidance must be between 0 and 30; got {r.guidance:g}.")
+        if not caps.guidance and r.guidance != 1:
+            raise UnsupportedOption(f"{self.model} takes no guidance scale; leave guidance out.")
+        if r.negative_prompt.strip():
+            if not caps.negative_prompt:
+                raise UnsupportedOption(
+                    f"{self.model} ({caps.pipeline_class}) can't use a negative prompt; "
+                    "remove it and describe what you want instead."
+                )
+            if r.guidance <= 1:
+                raise UnsupportedOption(
+                    "A negative prompt only has an effect with guidance above 1; "
+                    "raise the guidance or drop the negative prompt."
+                )
+        if not 0 <= r.eta <= 1:
+            raise UnsupportedOption(f"Eta must be between 0 and 1; got {r.eta:g}.")
+        if r.eta and not (caps.eta and SAMPLERS[r.sampler or ""].uses_eta):
+            raise UnsupportedOption(
+                "Eta only changes images drawn with the DDIM sampler; "
+                "pick sampler DDIM or leave eta at 0."
+            )
+        return self._prompt_notes(r)
+
+    def _check_size(self, width: int, height: int) -> None:
+        caps = self.capabilities
+        for name, side in (("Width", width), ("Height", height)):
+            if side % caps.size_multiple:
+                lower = side - side % caps.size_multiple
+                raise UnsupportedOption(
+                    f"{name} must be a multiple of {caps.size_multiple}; "
+                    f"try {lower} or {lower + caps.size_multiple} instead of {side}."
+                )
+            if not caps.min_side <= side <= caps.max_side:
+                raise UnsupportedOption(
+                    f"{name} must be between {caps.min_side} and {caps.max_side} pixels for "
+                    f"{self.model} (it draws best at {caps.default_width}x{caps.default_height}); "
+                    f"got {side}."
+                )
+
+    def _check_sampler(self, sampler_id: str) -> None:
+        caps = self.capabilities
+        if sampler_id in caps.samplers:
+            return
+        names = ", ".join(SAMPLERS[s].label for s in caps.samplers)
+        if sampler_id in SAMPLERS:
+            sampler = SAMPLERS[sampler_id]
+            why = (
+                f"{caps.pipeline_class} does not scale its inputs for sigma-based samplers"
+                if sampler.sigma_based and sampler.available()
+                else f"the package {sampler.requires} is not installed"
+            )
+            raise UnsupportedOption(
+                f"{sampler.label} can't be used with {self.model}: {why}. Try one of: {names}."
+            )
+        raise UnsupportedOption(f"Unknown sampler {sampler_id!r}. Try one of: {names}.")
+
+    def _prompt_notes(self, r: DrawRequest) -> list[str]:
+        limit = self.capabilities.max_prompt_tokens
+        notes = []
+        for label, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
+            if text and (n := self.prompt_tokens(text)) > limit:
+                notes.append(
+                    f"Your {label} is {n} tokens long and the model reads only the first "
+                    f"{limit}; the end of it will be ignored."
+                )
+        return notes
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, request: DrawRequest, on_step: StepHook | None = None) -> DrawResult:
+        """Draw one request; see ``run_batch``."""
+        return self.run_batch([request], on_step)[0]
+
+    def run_batch(
+        self, requests: Sequence[DrawRequest], on_step: StepHook | None = None
+    ) -> list[DrawResult]:
+        """Draw several compatible requests in one pipeline call, one generator per image.
+
+        Each request's images equal what it would get alone. ``on_step(step, total)`` is called
+        after every denoising step; an exception raised from it cancels the run, propagates, and
+        leaves the engine ready for the next run.
+        """
+        import torch
+
+        # 1. Check inputs.
+        if not requests:
+            return []
+        resolved = [self.resolve(r) for r in requests]
+        notes = [tuple(self.validate(r)) for r in resolved]
+        first = resolved[0]
+        for r in resolved[1:]:
+            if batch_key(r) != batch_key(first):
+                raise ValueError("requests in one batch must share model, sampler, steps and size")
+        caps = self.capabilities
+
+        # 2. Build generators: one CPU generator per image, so bits don't depend on the device
+        # or on what else is in the batch.
+        seeds = [s for r in resolved for s in r.seeds()]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        prompts = [r.prompt for r in resolved for _ in range(r.count)]
+
+        # 3. Set the sampler.
+        sampler = SAMPLERS[first.sampler or caps.default_sampler]
+        scheduler = self._make_scheduler(sampler, seeds, generators)
+
+        # 4. Run.
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        if caps.guidance:
+            kwargs["guidance_scale"] = first.guidance
+        if caps.eta:
+            kwargs["eta"] = first.eta
+        if caps.negative_prompt:
+            kwargs["negative_prompt"] = [r.negative_prompt for r in resolved for _ in range(r.count)]
+        started = time.perf_counter()
+        self.pipe.scheduler = scheduler
+        self.pipe.progress_bar = _StepReporter.factory(on_step)
+        try:
+            with torch.inference_mode():
+                out = self.pipe(**kwargs)
+        finally:
+            self.pipe.scheduler = self._base_scheduler
+            del self.pipe.progress_bar  # back to the class's method
+        elapsed = time.perf_counter() - started
+
+        # 5. Collect, splitting the batch back into requests.
+        images = list(out.images)
+        flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(images)
+        results, start = [], 0
+        total_images = len(images)
+        for r, n in zip(resolved, notes, strict=True):
+            end = start + r.count
+            results.append(
+                DrawResult(
+                    request=r,
+                    images=images[start:end],
+                    seeds=r.seeds(),
+                    duration_s=elapsed * r.count / total_images,
+                    notes=n,
+                    nsfw=tuple(bool(f) for f in flagged[start:end]),
+                )
+            )
+            start = end
+        return results
+
+    def _make_scheduler(self, sampler: Sampler, seeds: list[int], generators: list[Any]) -> Any:
+        config = self._base_scheduler.config
+        overrides: dict[str, Any] = {}
+        if sampler.id == "dpmpp_sde":
+            # Its Brownian-tree noise ignores generators; one seed per image keeps it exact.
+            overrides["noise_sampler_seed"] = list(seeds)
+        scheduler = sampler.build(config, **overrides)
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            # Some pipelines (LDM) never pass the generator to step(), so stochastic samplers
+            # would draw their step noise from the global RNG. The pipeline's own argument,
+            # where it passes one, still wins.
+            scheduler.step = functools.partial(scheduler.step, generator=generators)
+        return scheduler
+
+
+def batch_key(r: DrawRequest) -> tuple[Any, ...]:
+    """Requests with equal keys can share one pipeline call."""
+    return (
+        r.model,
+        r.sampler,
+        r.steps,
+        r.width,
+        r.height,
+        float(r.guidance),
+        float(r.eta),
+        bool(r.negative_prompt.strip()),
+    )
+
+
+class _StepReporter:
+    """Stands in for ``pipeline.progress_bar`` to report each step, for SD and LDM alike.
+
+    SD uses it as a context manager with ``update()``; LDM iterates over it.
+    """
+
+    def __init__(self, on_step: StepHook | None, iterable: Iterable[Any] | None, total: int) -> None:
+        self.on_step = on_step
+        self.iterable = iterable
+        self.total = total
+        self.done = 0
+
+    @classmethod
+    def factory(cls, on_step: StepHook | None) -> Callable[..., _StepReporter]:
+        def progress_bar(iterable: Iterable[Any] | None = None, total: int | None = None):
+            if iterable is not None:
+                iterable = list(iterable)
+                total = len(iterable)
+            return cls(on_step, iterable, total or 0)
+
+        return progress_bar
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable or ():
+            yield item
+            self.update()
+
+    def __enter__(self) -> _StepReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _vae_scale_factor(pipe: Any) -> int:
+    if getattr(pipe, "vae_scale_factor", None):
+        return int(pipe.vae_scale_factor)
+    vae = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+
+def _resolve_source(model: str, cache_dir: Path | None) -> str:
+    if model.startswith("tiny:"):
+        name = model.removeprefix("tiny:")
+        if name not in TINY_MODELS:
+            choices = ", ".join(f"tiny:{n}" for n in TINY_MODELS)
+            raise ModelLoadError(f"Unknown built-in model {model!r}; choose one of {choices}.")
+        return str(tiny_model_path(name, cache_dir))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"The folder {model} has no model_index.json: it is not a diffusers pipeline."
+            )
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelLoadError(f"The model folder {model} does not exist.")
+    return model
+
+
+def _from_hub(model_id: str, dtype: Any) -> Any:
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError):
+        pass  # not cached (or only partly): download it if the hub can be reached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _hub_reachable():
+        raise ModelLoadError(
+            f"The model {model_id} is not in the local Hugging Face cache and the hub can't be "
+            "reached. Download it on a machine with internet access, set MODEL to a local folder "
+            "holding a diffusers pipeline, or use the built-in offline model tiny:sd."
+        )
+    return DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,65 @@
+"""The request that flows unchanged from the slash command to the engine and the store."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+MAX_SEED = 2**32 - 1
+
+
+def random_seed() -> int:
+    """A fresh seed in the range users can type back in (0..2**32-1)."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclass(frozen=True)
+class DrawRequest:
+    """Everything that decides the pixels of a drawing.
+
+    ``None`` means "the loaded model's default"; ``Engine.resolve`` fills every such field in, and
+    the resolved request is what gets stored and shown, so any image can be drawn again.
+    Image ``i`` of a request uses seed ``seed + i``.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 6.0
+    eta: float = 0.0
+    sampler: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    count: int = 1
+    model: str | None = None
+
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed``, ``seed + 1``, ..."""
+        if self.seed is None:
+            raise ValueError("the request has no seed yet: resolve it first")
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    def with_seed(self, seed: int) -> DrawRequest:
+        return replace(self, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrawRequest:
+        names = {f.name for f in cls.__dataclass_fields__.values()}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class DrawResult:
+    """What a run produced: the images and the fully resolved settings that made them."""
+
+    request: DrawRequest
+    images: list[Any] = field(repr=False)  # PIL images, one per seed
+    seeds: list[int]
+    duration_s: float
+    notes: tuple[str, ...] = ()  # things the user should know, e.g. a truncated prompt
+    nsfw: tuple[bool, ...] = ()  # per image, where the model has a safety checker

@@ -1,0 +1,188 @@
+"""Tiny random-weight pipelines, built offline and loaded with ``from_pretrained`` like any model.
+
+They run the real loading and sampling code of diffusers in well under a second per image on a
+CPU; their images are coloured noise. ``tiny:sd`` is a StableDiffusionPipeline, ``tiny:ldm`` an
+LDMTextToImagePipeline shaped like CompVis/ldm-text2im-large-256.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODELS = ("sd", "ldm")
+# Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
+_RECIPE_VERSION = 1
+_MAX_TOKENS = 77
+
+
+def default_cache_dir() -> Path:
+    """Where built tiny models are kept: ``$EASEL_CACHE_DIR`` or ``~/.cache/easel``."""
+    env = os.environ.get("EASEL_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "easel"
+
+
+def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
+    """The folder of tiny model ``name`` (``sd`` or ``ldm``), building it on first use."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    root = (cache_dir or default_cache_dir()) / "tiny"
+    target = root / f"{name}-v{_RECIPE_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a crash or a concurrent build never leaves a
+    # half-written model that later loads.
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        _BUILDERS[name]().save_pretrained(work)
+        try:
+            work.rename(target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's byte-level BPE alphabet: printable bytes map to themselves, the rest above 255.
+    bs = list(range(ord("!"), ord("~") + 1))
+    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _tokenizer():
+    """A CLIP tokenizer over single bytes: any text tokenizes, one token per character."""
+    from transformers import CLIPTokenizer
+
+    alphabet = list(_bytes_to_unicode().values())
+    vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=_MAX_TOKENS
+    )
+
+
+def _unet(cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    # Four levels give the 8x scale factor of real models, so sizes behave the same.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def build_tiny_sd():
+    """A StableDiffusionPipeline with random weights and SD 1.x's scheduler settings."""
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=_MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    # PNDM has no clip_sample; registering it keeps other samplers built from this config unclipped.
+    scheduler.register_to_config(clip_sample=False)
+    return StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=_unet(32),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_ldm():
+    """An LDMTextToImagePipeline (LDMBert text encoder, DDIM) with random weights."""
+    import torch
+    from diffusers import DDIMScheduler, LDMTextToImagePipeline
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (
+        LDMBertConfig,
+        LDMBertModel,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    bert = LDMBertModel(
+        LDMBertConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=_MAX_TOKENS,
+            encoder_layers=2,
+            encoder_ffn_dim=37,
+            encoder_attention_heads=2,
+            head_dim=16,
+            d_model=32,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    return LDMTextToImagePipeline(
+        vqvae=_vae(), bert=bert, tokenizer=tokenizer, unet=_unet(32), scheduler=scheduler
+    )
+
+
+_BUILDERS = {"sd": build_tiny_sd, "ldm": build_tiny_ldm}
