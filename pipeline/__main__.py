@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = (
-        f"hub id, local folder, or the built-in offline tiny:sd / tiny:ldm (default {DEFAULT_MODEL})"
+        "hub id, local folder, or the built-in offline tiny:sd / tiny:ldm "
+        f"(default {DEFAULT_MODEL})"
     )
 
     draw = sub.add_parser(

@@ -258,8 +258,8 @@ class Engine:
         # 1. Check inputs.
         if not requests:
             return []
+        notes = [tuple(self.validate(r)) for r in requests]
         resolved = [self.resolve(r) for r in requests]
-        notes = [tuple(self.validate(r)) for r in resolved]
         first = resolved[0]
         for r in resolved[1:]:
             if batch_key(r) != batch_key(first):
@@ -290,7 +290,9 @@ class Engine:
         if caps.eta:
             kwargs["eta"] = first.eta
         if caps.negative_prompt:
-            kwargs["negative_prompt"] = [r.negative_prompt for r in resolved for _ in range(r.count)]
+            kwargs["negative_prompt"] = [
+                r.negative_prompt for r in resolved for _ in range(r.count)
+            ]
         started = time.perf_counter()
         self.pipe.scheduler = scheduler
         self.pipe.progress_bar = _StepReporter.factory(on_step)
@@ -357,7 +359,9 @@ class _StepReporter:
     SD uses it as a context manager with ``update()``; LDM iterates over it.
     """
 
-    def __init__(self, on_step: StepHook | None, iterable: Iterable[Any] | None, total: int) -> None:
+    def __init__(
+        self, on_step: StepHook | None, iterable: Iterable[Any] | None, total: int
+    ) -> None:
         self.on_step = on_step
         self.iterable = iterable
         self.total = total

@@ -22,7 +22,7 @@ _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False) if re.search(r'[,:"\n]', value) else value
+    return json.dumps(value, ensure_ascii=False) if re.search(r'[,"\n]', value) else value
 
 
 def format_parameters(request: DrawRequest, seed: int | None = None, *, eta: bool = True) -> str:
@@ -93,7 +93,9 @@ def request_from_parameters(text: str) -> DrawRequest:
         try:
             sampler = get_sampler(s["Sampler"]).id
         except KeyError:
-            raise ValueError(f"unknown sampler {s['Sampler']!r} in the image's parameters") from None
+            raise ValueError(
+                f"unknown sampler {s['Sampler']!r} in the image's parameters"
+            ) from None
     return DrawRequest(
         prompt=parsed["prompt"],
         negative_prompt=parsed["negative_prompt"],

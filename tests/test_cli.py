@@ -1,0 +1,95 @@
+"""``python -m pipeline``: the command line a user runs, in a real subprocess where it matters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.__main__ import main
+from pipeline.pngmeta import read_parameters
+
+SQUIRREL = "A painting of a squirrel eating a banana"
+
+
+@pytest.fixture(autouse=True)
+def _cache(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EASEL_CACHE_DIR", str(model_cache))
+
+
+def test_the_tutorial_command_twice_gives_byte_identical_pngs(tmp_path: Path, model_cache: Path):
+    args = [
+        sys.executable, "-m", "pipeline", "draw", SQUIRREL, "--model", "tiny:ldm",
+        "--steps", "50", "--eta", "0.3", "--guidance", "6", "--seed", "7",
+    ]  # fmt: skip
+    env = {**os.environ, "EASEL_CACHE_DIR": str(model_cache)}
+    outputs = []
+    for name in ("a.png", "b.png"):
+        out = tmp_path / name
+        done = subprocess.run([*args, "-o", str(out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "seed=7" in done.stdout
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    params = read_parameters(outputs[0])
+    assert params == (
+        f"{SQUIRREL}\nSteps: 50, Sampler: DDIM, CFG scale: 6, Seed: 7, Size: 64x64, "
+        "Model: tiny:ldm, Eta: 0.3"
+    )
+
+
+def test_count_writes_one_file_per_seed_and_from_redraws_them(tmp_path: Path, capsys):
+    out = tmp_path / "cat.png"
+    assert main(["draw", "a cat", "--model", "tiny:sd", "--steps", "3", "--seed", "40",
+                 "--count", "2", "--sampler", "euler_a", "-o", str(out)]) == 0  # fmt: skip
+    second = tmp_path / "cat-2.png"
+    assert "Seed: 41" in (read_parameters(second) or "")
+    again = tmp_path / "again.png"
+    assert main(["draw", "--from", str(second), "--model", "tiny:sd", "-o", str(again)]) == 0
+    assert Image.open(again).tobytes() == Image.open(second).tobytes()
+    assert "seed=41" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["draw", "x", "--model", "tiny:ldm", "--negative", "ugly", "-o", "x.png"],
+         "can't use a negative prompt"),
+        (["draw", "x", "--model", "tiny:sd", "--width", "65", "-o", "x.png"], "multiple of 8"),
+        (["draw", "x", "--model", "tiny:ldm", "--sampler", "heun", "-o", "x.png"],
+         "Heun can't be used"),
+        (["draw", "x", "--model", "tiny:sd", "--sampler", "magic", "-o", "x.png"],
+         "invalid choice"),
+        (["draw", "x", "--model", "tiny:sd", "--steps", "many", "-o", "x.png"], "invalid int"),
+        (["draw", "--model", "tiny:sd", "-o", "x.png"], "give a PROMPT"),
+        (["draw", "x", "--model", "no/such-model", "-o", "x.png"], "not in the local"),
+    ],
+)  # fmt: skip
+def test_bad_options_exit_2_with_a_clear_message(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_samplers_lists_what_the_model_supports(capsys):
+    assert main(["samplers", "--model", "tiny:ldm"]) == 0
+    out = capsys.readouterr().out
+    assert "DPM++ 2M Karras" in out and "ddim" in out and "(default)" in out
+    assert "Euler a" not in out
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["draw", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--model", "--steps", "--guidance", "--eta", "--sampler", "--seed",
+                   "--width", "--height", "--count", "--negative", "--output"):  # fmt: skip
+        assert option in out
