@@ -1,0 +1,114 @@
+"""Executor throughput and event-loop responsiveness on the tiny SD model (CPU unless a GPU).
+
+12 jobs from 4 users, 64x64, 20 steps, guidance 7: wall time through the executor against 12
+plain diffusers calls in the same process, each beside the same 10 ms loop watcher (the tiny
+UNet is bound by Python overhead, so the watcher's GIL use must weigh on both sides alike).
+Prints ratio=plain/executor for batching on and off, and the loop's worst stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.engine import Engine, quiet_library_logs
+from pipeline.executor import Executor
+from pipeline.request import DrawRequest
+
+JOBS, USERS, STEPS, GUIDANCE = 12, 4, 20, 7.0
+
+
+def requests() -> list[tuple[int, DrawRequest]]:
+    return [
+        (i % USERS, DrawRequest(f"a picture number {i}", steps=STEPS, guidance=GUIDANCE, seed=i))
+        for i in range(JOBS)
+    ]
+
+
+class Watcher:
+    """A coroutine sleeping 10 ms in a loop; records how late it wakes up."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._stop = False
+
+    async def run(self) -> None:
+        while not self._stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, time.perf_counter() - t - 0.01)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+async def plain(engine: Engine) -> tuple[float, float]:
+    import torch
+
+    pipe = engine.pipe
+
+    def work() -> None:
+        for _, r in requests():
+            g = torch.Generator("cpu").manual_seed(r.seed or 0)
+            pipe(r.prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=g)
+
+    watcher = Watcher()
+    watch = asyncio.create_task(watcher.run())
+    t = time.perf_counter()
+    await asyncio.to_thread(work)
+    elapsed = time.perf_counter() - t
+    watcher.stop()
+    await watch
+    return elapsed, watcher.worst
+
+
+async def through_executor(engine: Engine, max_batch: int) -> tuple[float, float]:
+    ex = Executor(engine, max_per_user=JOBS, max_batch=max_batch)
+    ex.start()
+    watcher = Watcher()
+    watch = asyncio.create_task(watcher.run())
+    t = time.perf_counter()
+    for user, r in requests():
+        ex.submit(r, user_id=user, on_progress=lambda s, n: None)
+    await ex.wait_idle()
+    elapsed = time.perf_counter() - t
+    watcher.stop()
+    await watch
+    ex.close()
+    return elapsed, watcher.worst
+
+
+async def main() -> None:
+    quiet_library_logs()
+    quiet_library_logs()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:sd")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    engine = Engine.load(args.model, device=args.device)
+    engine.run(DrawRequest("warm up", steps=2, seed=0))
+    print(f"model={args.model} device={engine.device} jobs={JOBS} users={USERS} steps={STEPS}")
+    base, base_stall = await plain(engine)
+    print(
+        f"plain: {base:.2f}s ({base / JOBS * 1000:.0f} ms/image), stall {base_stall * 1000:.1f} ms"
+    )
+    stalls = []
+    for max_batch in (4, 1):
+        t, stall = await through_executor(engine, max_batch)
+        stalls.append(stall)
+        print(
+            f"executor max_batch={max_batch}: {t:.2f}s ratio={base / t:.2f} "
+            f"loop_stall_ms={stall * 1000:.1f}"
+        )
+    print(f"loop_stall_ms={max(stalls) * 1000:.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
