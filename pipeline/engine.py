@@ -6,6 +6,7 @@ executor guarantees that.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
@@ -64,6 +65,9 @@ class Engine:
         # Every run builds its scheduler afresh from this one, so a sampler picked for one
         # request can never leak into the next.
         self._base_scheduler = pipe.scheduler
+        # validate() runs on the event loop while the worker thread encodes prompts; a fast
+        # tokenizer shared between threads fails with "Already borrowed", so count on a copy.
+        self._counting_tokenizer = copy.deepcopy(pipe.tokenizer)
         pipe.set_progress_bar_config(disable=True)
         self.capabilities = self._inspect()
 
@@ -126,12 +130,12 @@ class Engine:
             size_multiple=SIZE_MULTIPLE,
             samplers=tuple(s.id for s in supported),
             default_sampler=default.id,
-            max_prompt_tokens=int(pipe.tokenizer.model_max_length),
+            max_prompt_tokens=int(self._counting_tokenizer.model_max_length),
         )
 
     def prompt_tokens(self, text: str) -> int:
         """How many tokens ``text`` takes, start and end markers included."""
-        return len(self.pipe.tokenizer(text, truncation=False).input_ids)
+        return len(self._counting_tokenizer(text, truncation=False).input_ids)
 
     # -- validation ----------------------------------------------------------------------
 

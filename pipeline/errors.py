@@ -29,3 +29,11 @@ class JobCancelled(EaselError):
 
 class GpuOutOfMemory(EaselError):
     """The job did not fit in GPU memory even when run alone."""
+
+
+class UnknownJob(EaselError):
+    """No such job where the user asked (another server's jobs count as unknown)."""
+
+
+class NotAllowed(EaselError):
+    """The user may not do this (e.g. delete someone else's drawing)."""

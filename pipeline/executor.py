@@ -150,12 +150,14 @@ class Executor:
         on_progress: Callback | None = None,
         on_done: Callback | None = None,
         ticket: int | None = None,
+        enforce_caps: bool = True,
     ) -> int:
         """Queue ``request`` for ``user_id``; returns its ticket. Call from the event loop.
 
         ``on_progress(step, total)`` (step 0 when the job starts) and ``on_done(outcome)`` run on
         the loop, in the caller's context; coroutine functions become tasks.
-        Raises ``QueueFull`` over the per-user or global cap.
+        Raises ``QueueFull`` over the per-user or global cap, unless ``enforce_caps`` is off
+        (jobs recovered after a restart were accepted once already).
         """
         loop = asyncio.get_running_loop()
         if self._loop is None:
@@ -163,18 +165,8 @@ class Executor:
             self._idle = asyncio.Event()
         request = self.engine.resolve(request)
         with self._lock:
-            mine = sum(1 for j in self._jobs.values() if j.user_id == user_id)
-            if mine >= self.max_per_user:
-                raise QueueFull(
-                    f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
-                    f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
-                    "or use /cancel."
-                )
-            if len(self._jobs) >= self.max_queue:
-                raise QueueFull(
-                    f"The queue is full: {len(self._jobs)} drawings are waiting or in progress. "
-                    "Please try again in a few minutes."
-                )
+            if enforce_caps:
+                self._check_capacity_locked(user_id)
             ticket = next(self._tickets) if ticket is None else ticket
             if ticket in self._jobs:
                 raise ValueError(f"ticket {ticket} is already queued")
@@ -189,6 +181,25 @@ class Executor:
             self._lock.notify_all()
         self.start()
         return ticket
+
+    def check_capacity(self, user_id: int) -> None:
+        """Raise ``QueueFull`` if ``user_id`` could not submit now (checked before replying)."""
+        with self._lock:
+            self._check_capacity_locked(user_id)
+
+    def _check_capacity_locked(self, user_id: int) -> None:
+        mine = sum(1 for j in self._jobs.values() if j.user_id == user_id)
+        if mine >= self.max_per_user:
+            raise QueueFull(
+                f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
+                f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
+                "or use /cancel."
+            )
+        if len(self._jobs) >= self.max_queue:
+            raise QueueFull(
+                f"The queue is full: {len(self._jobs)} drawings are waiting or in progress. "
+                "Please try again in a few minutes."
+            )
 
     # -- inspecting ----------------------------------------------------------------------
 
@@ -419,25 +430,27 @@ class Executor:
         if loop is None or loop.is_closed():
             return
         # Bind everything now: a closure would see the worker's variables after they moved on.
-        call = functools.partial(self._on_loop, job.context, callback, args, done)
+        call = functools.partial(self._on_loop, callback, args, done)
         try:
-            loop.call_soon_threadsafe(call)
+            # The scheduling callback itself runs in the submitter's context too: test harnesses
+            # (SimCord) track work and time through context variables, not only inside tasks.
+            loop.call_soon_threadsafe(call, context=job.context)
         except RuntimeError:
             log.warning("event loop closed; dropped a callback for job %s", job.ticket)
 
-    def _on_loop(
-        self, context: contextvars.Context, callback: Callback | None, args: tuple[Any, ...], done
-    ) -> None:
-        ctx = context.copy()
+    def _on_loop(self, callback: Callback | None, args: tuple[Any, ...], done: bool) -> None:
+        # Runs in the submitter's context; each callback gets its own copy of it.
+        ctx = contextvars.copy_context()
         try:
             value = ctx.run(callback, *args) if callback is not None else None
         except Exception:
             log.exception("callback for a job failed")
             value = None
         if inspect.isawaitable(value):
-            task = asyncio.ensure_future(value) if not inspect.iscoroutine(value) else None
-            if task is None:
+            if inspect.iscoroutine(value):
                 task = asyncio.get_running_loop().create_task(value, context=ctx)
+            else:
+                task = asyncio.ensure_future(value)
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._task_done, done))
         elif done:

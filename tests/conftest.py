@@ -32,3 +32,79 @@ def ldm_engine(model_cache: Path):
     from pipeline.engine import Engine
 
     return Engine.load("tiny:ldm", device="cpu", cache_dir=model_cache)
+
+
+# -- the bot, driven through SimCord -------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The tiny model draws on the CPU while SimCord settles: give bot tests room.
+    for item in items:
+        if item.get_closest_marker("simcord") is None:
+            item.add_marker(pytest.mark.simcord(settle_timeout=60))
+
+
+@pytest.fixture
+def bot_settings(tmp_path: Path, model_cache: Path):
+    from bot.settings import Settings
+
+    return Settings(
+        discord_token="test-token-not-real",
+        model="tiny:sd",
+        db_path=tmp_path / "easel.sqlite3",
+        data_dir=tmp_path / "data",
+        model_cache_dir=model_cache,
+        device="cpu",
+        default_steps=4,
+        progress_interval=0,
+    )
+
+
+@pytest.fixture
+async def simcord_bot(bot_settings):
+    from bot.app import create_bot
+
+    bot = create_bot(bot_settings)
+    yield bot
+    await shut_down(bot)
+
+
+async def shut_down(bot) -> None:
+    """What bot.close() would do; SimCord never calls it."""
+    import asyncio
+
+    executor = getattr(bot, "executor", None)
+    if executor is not None:
+        await asyncio.to_thread(executor.close)
+    await bot.store.close()
+
+
+class World:
+    """A server with a #draw channel, two members and a moderator."""
+
+    def __init__(self, env) -> None:
+        import discord
+
+        self.env = env
+        self.guild = env.create_guild("Art Club")
+        self.channel = self.guild.create_text_channel("draw")
+        self.mods = self.guild.create_role(
+            "Mods", permissions=discord.Permissions(manage_messages=True)
+        )
+        self.alice = self.guild.add_member(env.create_user("alice"))
+        self.bob = self.guild.add_member(env.create_user("bob"))
+        self.mod = self.guild.add_member(env.create_user("moddy"), roles=[self.mods])
+
+    @property
+    def bot(self):
+        return self.env.bot
+
+    async def idle(self) -> None:
+        """Wait until every queued job ran and its messages were posted."""
+        await self.bot.executor.wait_idle()
+        await self.env.settle()
+
+
+@pytest.fixture
+def world(simcord_env) -> World:
+    return World(simcord_env)

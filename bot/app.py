@@ -1,0 +1,217 @@
+"""The composition root: ``create_bot(settings)`` builds the store and the bot; ``setup_hook`` opens
+the store, loads the model, starts the executor, re-queues unfinished jobs and registers buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.jobs import JobRunner
+from bot.settings import Settings
+from bot.store import Store, StoreBusy
+from bot.views import DeleteButton, RerollButton
+from pipeline.errors import EaselError
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.draw", "bot.cogs.history", "bot.cogs.moderation")
+COMMAND_HASH_KEY = "command_hash"
+GENERIC_ERROR = "Sorry, something went wrong on our side. It has been logged; please try again."
+
+
+class EaselTree(app_commands.CommandTree):
+    """Maps every error from a slash command to one polite ephemeral answer."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await self.client.report_error(interaction, error)  # type: ignore[attr-defined]
+
+
+class EaselBot(commands.Bot):
+    """The drawing bot. ``engine``, ``executor`` and ``jobs`` exist once ``setup_hook`` ran."""
+
+    executor: Any
+    engine: Any
+    jobs: JobRunner
+
+    def __init__(self, settings: Settings, store: Store, *, sync_only: bool = False) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            # Prompts are user text: "@everyone" in one must ping nobody. Deliveries allow the
+            # requester explicitly.
+            allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=EaselTree,
+            help_command=None,
+        )
+        self.settings = settings
+        self.store = store
+        self.sync_only = sync_only
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        from pipeline.engine import Engine
+        from pipeline.executor import Executor
+
+        s = self.settings
+        await self.store.open()
+        if self.sync_only:  # `python -m bot sync`: no model, no queue
+            for cog in COGS:
+                await self.load_extension(cog)
+            await self.sync_commands(force=True)
+            return
+        log.info("loading model %s", s.model)
+        self.engine = await asyncio.to_thread(
+            Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
+        )
+        self.executor = Executor(
+            self.engine,
+            max_per_user=s.max_queued_per_user,
+            max_queue=s.max_queue,
+            max_batch=s.max_batch,
+            progress_interval=s.progress_interval,
+        )
+        self.executor.start()
+        self.jobs = JobRunner(self, self.store, self.engine, self.executor)
+        for cog in COGS:
+            await self.load_extension(cog)
+        self.add_dynamic_items(RerollButton, DeleteButton)
+        await self.jobs.recover()
+        await self.sync_commands(force=False)
+
+    async def close(self) -> None:
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            await asyncio.to_thread(executor.close)
+        await super().close()
+        await self.store.close()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def command_hash(self) -> str:
+        """A fingerprint of the slash commands as Discord would receive them."""
+        payload = [c.to_dict(self.tree) for c in self.tree.get_commands()]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    async def sync_commands(self, *, force: bool) -> bool:
+        """Sync the commands with Discord when they changed (or when forced).
+
+        Discord limits command creation per day, so an unchanged set is never re-sent.
+        """
+        digest = self.command_hash()
+        guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
+        key = f"{COMMAND_HASH_KEY}:{self.settings.dev_guild_id or 'global'}"
+        if not force and await self.store.get_meta(key) == digest:
+            return False
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        await self.store.set_meta(key, digest)
+        log.info("synced %d slash command(s) %s", len(synced), "to a guild" if guild else "")
+        return True
+
+    # -- helpers for cogs ----------------------------------------------------------------
+
+    async def resolve_channel(self, channel_id: int | None) -> Any:
+        """A channel by id, from the cache or the API; None if it is gone or unknown."""
+        if channel_id is None:
+            return None
+        await self.wait_until_ready()
+        channel = self.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.fetch_channel(channel_id)
+            except discord.HTTPException:
+                return None
+        return channel
+
+    async def guarded(self, interaction: discord.Interaction, work: Awaitable[Any]) -> None:
+        """Run a button's work, answering errors the same way slash commands do."""
+        try:
+            await work
+        except Exception as exc:
+            await self.report_error(interaction, exc)
+
+    async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
+        """Tell the user what went wrong, politely and privately; log what we didn't expect."""
+        original = getattr(error, "original", error)
+        if isinstance(original, EaselError):
+            message = str(original)
+        elif isinstance(original, StoreBusy):
+            message = "The bot is very busy right now; please try again in a moment."
+        elif isinstance(error, app_commands.MissingPermissions):
+            message = "Only moderators (members with Manage Messages) can use this."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            message = "This command only works in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            message = "You can't use this command here."
+        else:
+            command = interaction.command.qualified_name if interaction.command else "a button"
+            log.error(
+                "unexpected error in %s (user %s, job %s)",
+                command,
+                interaction.user.id,
+                interaction.extras.get("job_id"),
+                exc_info=original,
+            )
+            message = GENERIC_ERROR
+        await self._answer_privately(interaction, message)
+
+    @staticmethod
+    async def _answer_privately(interaction: discord.Interaction, message: str) -> None:
+        try:
+            if not interaction.response.is_done():
+                await interaction.response.send_message(message, ephemeral=True)
+            elif (
+                interaction.response.type
+                == discord.InteractionResponseType.deferred_channel_message
+            ):
+                # A public "thinking…" placeholder: replace it rather than leave it spinning.
+                await interaction.edit_original_response(content=message)
+            else:
+                await interaction.followup.send(message, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about an error", exc_info=True)
+
+
+def create_bot(settings: Settings, *, sync_only: bool = False) -> EaselBot:
+    """Build the bot and everything it owns. Does no I/O: ``setup_hook`` opens things."""
+    store = Store(settings.db_path, settings.data_dir)
+    return EaselBot(settings, store, sync_only=sync_only)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Replaces secrets (the bot token) anywhere in a formatted line, tracebacks included."""
+
+    def __init__(self, fmt: str, *secrets: str | None) -> None:
+        super().__init__(fmt)
+        self.secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at the configured level, with the token redacted everywhere."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        RedactingFormatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s", settings.discord_token
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())

@@ -1,0 +1,117 @@
+"""/draw, /reroll, /cancel and /queue."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from pipeline.request import MAX_SEED, DrawRequest
+from pipeline.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from bot.app import EaselBot
+
+SAMPLER_CHOICES = [app_commands.Choice(name=s.label, value=s.id) for s in SAMPLERS.values()]
+
+
+class Draw(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="draw", description="Draw a picture from a text prompt.")
+    @app_commands.describe(
+        prompt="What to draw, e.g. a painting of a squirrel eating a banana",
+        negative_prompt="What to keep out of the picture (models that support it)",
+        steps="Denoising steps: more is slower and usually finer (1-150)",
+        guidance="How closely to follow the prompt (0-30; about 6-8 is typical)",
+        eta="Randomness added at each DDIM step (0-1; DDIM only)",
+        sampler="The sampling method",
+        seed="Same seed and settings give the same picture; random if left out",
+        width="Width in pixels, a multiple of 8",
+        height="Height in pixels, a multiple of 8",
+        count="How many pictures (1-4); picture i uses seed + i",
+    )
+    @app_commands.choices(sampler=SAMPLER_CHOICES)
+    async def draw(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative_prompt: app_commands.Range[str, 1, 6000] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        eta: app_commands.Range[float, 0.0, 1.0] | None = None,
+        sampler: app_commands.Choice[str] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        width: app_commands.Range[int, 64, 2048] | None = None,
+        height: app_commands.Range[int, 64, 2048] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        settings = self.bot.settings
+        request = DrawRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=steps if steps is not None else settings.default_steps,
+            guidance=guidance if guidance is not None else settings.default_guidance,
+            eta=eta or 0.0,
+            sampler=sampler.value if sampler else None,
+            seed=seed,
+            width=width,
+            height=height,
+            count=count or 1,
+        )
+        await self.bot.jobs.start(interaction, request)
+
+    @app_commands.command(name="reroll", description="Draw a past job of this server again.")
+    @app_commands.describe(
+        job="The job number (shown under each picture)", seed="Random if left out"
+    )
+    async def reroll(
+        self,
+        interaction: discord.Interaction,
+        job: app_commands.Range[int, 1],
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+    ) -> None:
+        await self.bot.jobs.reroll(interaction, job, seed=seed)
+
+    @app_commands.command(name="cancel", description="Cancel your queued and running drawings.")
+    async def cancel(self, interaction: discord.Interaction) -> None:
+        count = self.bot.executor.cancel_user(interaction.user.id)
+        text = (
+            f"Cancelled {count} drawing{'s' if count != 1 else ''}."
+            if count
+            else "You have nothing queued or drawing."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="queue", description="Who is waiting, and your place in line.")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        snapshot = self.bot.executor.snapshot()
+        me = interaction.user.id
+        if not snapshot:
+            text = "The queue is empty: /draw starts right away."
+        else:
+            lines = []
+            for place, (ticket, user_id, state) in enumerate(snapshot[:15], start=1):
+                doing = "drawing now" if state == "running" else f"#{place}"
+                you = " (you)" if user_id == me else ""
+                lines.append(f"{doing}: <@{user_id}>{you}, job #{ticket}")
+            if len(snapshot) > 15:
+                lines.append(f"… and {len(snapshot) - 15} more")
+            mine = [i for i, (_, user_id, _) in enumerate(snapshot, start=1) if user_id == me]
+            if not mine:
+                lines.append("You have nothing in the queue.")
+            elif len(mine) == 1:
+                lines.append(f"Your job is at place {mine[0]}.")
+            else:
+                lines.append(f"Your jobs are at places {', '.join(map(str, mine))}.")
+            if self.bot.executor.paused:
+                lines.insert(0, "⏸️ The queue is paused: nothing new starts until it resumes.")
+            text = "\n".join(lines)
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Draw(bot))

@@ -1,0 +1,54 @@
+"""/history: your own jobs in this server, newest first, in pages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.views import PAGE_SIZE, HistoryPages
+
+if TYPE_CHECKING:
+    from bot.app import EaselBot
+
+
+async def show_history(
+    bot: EaselBot,
+    interaction: discord.Interaction,
+    *,
+    user_id: int | None,
+    query: str | None,
+    title: str,
+) -> None:
+    """Send the first page of a history listing as an ephemeral message with Prev/Next."""
+    guild_id = interaction.guild_id
+    total = await bot.store.count_history(guild_id, user_id=user_id, query=query)
+
+    async def load(before: int | None):
+        return await bot.store.history(
+            guild_id, user_id=user_id, query=query, before=before, limit=PAGE_SIZE
+        )
+
+    pages = HistoryPages(interaction.user.id, title, total, load)
+    await pages.fetch()
+    await interaction.response.send_message(embed=pages.embed(), view=pages, ephemeral=True)
+
+
+class History(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your drawings in this server.")
+    @app_commands.describe(query="Only prompts containing this text")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction, query: str | None = None) -> None:
+        title = "Your drawings" + (f" matching “{query}”" if query else "")
+        await show_history(
+            self.bot, interaction, user_id=interaction.user.id, query=query, title=title
+        )
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(History(bot))

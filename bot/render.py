@@ -1,0 +1,101 @@
+"""How results look on Discord: the settings embed, PNG attachments that fit the upload limit."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import discord
+from PIL import Image
+
+from pipeline.pngmeta import PARAMETERS_KEY, png_bytes, read_parameters
+from pipeline.request import DrawRequest
+from pipeline.samplers import SAMPLERS
+
+EMBED_COLOUR = discord.Colour(0x5B8DEF)
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis; whole text stays in the database."""
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def result_embed(
+    request: DrawRequest,
+    job_id: int,
+    *,
+    requester: str,
+    eta_applies: bool,
+    notes: tuple[str, ...] = (),
+    parent_job_id: int | None = None,
+) -> discord.Embed:
+    """The settings that made the picture, with the exact field names users look for."""
+    embed = discord.Embed(description=shorten(request.prompt, 1000), colour=EMBED_COLOUR)
+    if request.negative_prompt:
+        embed.add_field(
+            name="Negative prompt", value=shorten(request.negative_prompt, 500), inline=False
+        )
+    seeds = request.seeds()
+    embed.add_field(name="Seed", value=", ".join(map(str, seeds)))
+    embed.add_field(name="Steps", value=str(request.steps))
+    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    if eta_applies and request.sampler in SAMPLERS and SAMPLERS[request.sampler].uses_eta:
+        embed.add_field(name="Eta", value=f"{request.eta:g}")
+    sampler = SAMPLERS[request.sampler].label if request.sampler in SAMPLERS else request.sampler
+    embed.add_field(name="Sampler", value=str(sampler))
+    embed.add_field(name="Size", value=f"{request.width}x{request.height}")
+    embed.add_field(name="Model", value=shorten(str(request.model), 200))
+    credit = f"Rerolled from job #{parent_job_id} by" if parent_job_id else "Requested by"
+    embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)
+    for note in notes[:3]:
+        embed.add_field(name="Note", value=shorten(note, 1000), inline=False)
+    embed.set_footer(text=f"Job #{job_id}")
+    return embed
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One PNG ready to attach, and whether it had to be shrunk to fit."""
+
+    filename: str
+    data: bytes
+    scaled: bool = False
+
+    def file(self) -> discord.File:
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+def fit_upload(data: bytes, limit: int, filename: str) -> Upload | None:
+    """The PNG as is if it fits ``limit`` bytes, else re-encoded or scaled down (settings kept).
+
+    Returns None when even a small version does not fit.
+    """
+    if len(data) <= limit:
+        return Upload(filename, data)
+    parameters = read_parameters(data) or ""
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    smaller = _png(image, parameters, optimize=True)
+    while len(smaller) > limit:
+        width, height = image.size
+        if min(width, height) <= 64:
+            return None
+        # Area scales with the square of the side: aim straight for the limit, with a margin.
+        factor = max(0.5, min(0.9, (limit / len(smaller)) ** 0.5 * 0.95))
+        image = image.resize((max(1, int(width * factor)), max(1, int(height * factor))))
+        smaller = _png(image, parameters, optimize=True)
+    return Upload(filename, smaller, scaled=True)
+
+
+def _png(image: Image.Image, parameters: str, *, optimize: bool) -> bytes:
+    if not optimize:
+        return png_bytes(image, parameters)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, optimize=True)
+    return buffer.getvalue()

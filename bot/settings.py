@@ -1,0 +1,75 @@
+"""The bot's settings: keywords with defaults, or read from the environment and .env."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "CompVis/ldm-text2im-large-256"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment or .env has a value that can't be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the bot. Environment variable = field name in upper case."""
+
+    discord_token: str | None = field(default=None, repr=False)
+    model: str = DEFAULT_MODEL
+    db_path: Path = Path("data/easel.sqlite3")
+    data_dir: Path = Path("data")
+    device: str = "auto"
+    max_queued_per_user: int = 3
+    max_queue: int = 50
+    max_batch: int = 4
+    default_steps: int = 50
+    default_guidance: float = 6.0
+    # Seconds between "Drawing… 12/50" edits of one job's message (Discord rate-limits edits).
+    progress_interval: float = 1.5
+    # A guild to sync commands to instantly while developing; global sync otherwise.
+    dev_guild_id: int | None = None
+    # Where the built-in tiny models are built; None means $EASEL_CACHE_DIR or ~/.cache/easel.
+    model_cache_dir: Path | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+    ) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``), after loading ``.env``.
+
+        Variables already set in the environment win over the .env file.
+        """
+        if environ is None:
+            if dotenv is not None and dotenv.is_file():
+                from dotenv import load_dotenv
+
+                load_dotenv(dotenv, override=False)
+            environ = os.environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _convert(f.name, str(f.type), raw.strip())
+        return cls(**values)
+
+
+def _convert(name: str, type_name: str, raw: str) -> Any:
+    env = name.upper()
+    try:
+        if "Path" in type_name:
+            return Path(raw).expanduser()
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        kind = "a whole number" if type_name.startswith("int") else "a number"
+        raise SettingsError(f"{env} must be {kind}; got {raw!r}.") from None
+    return raw

@@ -1,0 +1,799 @@
+"""The history store: every drawing job and its images, in SQLite through one aiosqlite connection.
+
+This is the only module that speaks SQL. The schema lives in numbered files under ``migrations/``;
+images live on disk under ``<data_dir>/images`` with content-addressed names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import sqlite3
+import tempfile
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import aiosqlite
+
+from pipeline.request import DrawRequest
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_\-]+\.sql$")
+
+STATUSES: Final = ("queued", "running", "done", "failed", "cancelled", "refused")
+UNFINISHED: Final = ("queued", "running")
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+
+# The DrawRequest fields, spelled out rather than derived, so that a field added to DrawRequest
+# without a migration fails a test instead of an INSERT in production.
+REQUEST_COLUMNS: Final = (
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "guidance",
+    "eta",
+    "sampler",
+    "seed",
+    "width",
+    "height",
+    "count",
+    "model",
+)
+
+
+class StoreError(Exception):
+    """The history store could not do what was asked; the message says why."""
+
+
+class StoreBusy(StoreError):
+    """Another connection held the database's write lock for longer than busy_timeout."""
+
+
+class DatabaseTooNew(StoreError):
+    """The database was migrated by a newer version of the code than this one."""
+
+
+class MigrationError(StoreError):
+    """The migrations folder is malformed, or applying a migration failed (and was rolled back)."""
+
+
+class JobNotFound(StoreError):
+    """No job has this id (never existed, or its user was forgotten)."""
+
+
+class InvalidTransition(StoreError):
+    """The job is not in a state that allows this change (e.g. marking a cancelled job done)."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs`` with its images; ``request`` rebuilds the DrawRequest."""
+
+    id: int
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int
+    user_name: str
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    eta: float
+    sampler: str | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    count: int
+    model: str | None
+    status: str
+    error: str | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    duration_s: float | None
+    message_id: int | None
+    jump_url: str | None
+    parent_job_id: int | None
+    deleted_at: float | None
+    deleted_by: int | None
+    images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
+
+    @property
+    def request(self) -> DrawRequest:
+        return DrawRequest(**{name: getattr(self, name) for name in REQUEST_COLUMNS})
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in UNFINISHED
+
+
+_JOB_COLUMNS: Final = tuple(f.name for f in fields(JobRecord) if f.name != "images")
+_SELECT_JOBS: Final = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    path: Path
+
+
+def discover_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in ``folder``, checked to be numbered 0001, 0002, ... without gaps."""
+    if not folder.is_dir():
+        raise MigrationError(f"the migrations folder {folder} does not exist")
+    found: dict[int, Path] = {}
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            # A misnamed file would otherwise be skipped silently and its schema never applied.
+            raise MigrationError(
+                f"{path.name}: migration files must be named NNNN_description.sql "
+                "(e.g. 0002_tags.sql)"
+            )
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(
+                f"two migrations share number {version:04d}: {found[version].name}, {path.name}"
+            )
+        found[version] = path
+    expected = list(range(1, len(found) + 1))
+    if sorted(found) != expected:
+        missing = sorted(set(range(1, max(found, default=0) + 1)) - set(found))
+        raise MigrationError(
+            f"migrations in {folder} must be numbered contiguously from 0001; "
+            f"missing: {', '.join(f'{n:04d}' for n in missing) or '0001'}"
+        )
+    return [Migration(version, found[version]) for version in expected]
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a migration script into single statements (triggers and quoted ';' kept whole)."""
+    statements: list[str] = []
+    start = 0
+    pos = script.find(";")
+    while pos != -1:
+        candidate = script[start : pos + 1]
+        # sqlite3.complete_statement is SQLite's own tokenizer: it knows strings, comments, and
+        # that a trigger body's ';' do not end the CREATE TRIGGER.
+        if sqlite3.complete_statement(candidate):
+            if _strip_sql_comments(candidate).strip(" \t\r\n;"):
+                statements.append(candidate.strip())
+            start = pos + 1
+        pos = script.find(";", pos + 1)
+    if _strip_sql_comments(script[start:]).strip():
+        raise MigrationError(f"unterminated SQL statement: {script[start:].strip()[:80]!r}")
+    return statements
+
+
+def _strip_sql_comments(sql: str) -> str:
+    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
+    return re.sub(r"--[^\n]*", " ", sql)
+
+
+def _fold(text: Any) -> Any:
+    """Case- and width-insensitive form used by prompt search (SQLite's lower() is ASCII-only)."""
+    if not isinstance(text, str):
+        return text
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+class Store:
+    """Owns one aiosqlite connection; every method that writes has committed when it returns.
+
+    ``Store(...)`` does no I/O; ``await store.open()`` connects, sets PRAGMAs and migrates, and
+    ``await store.close()`` closes. ``async with Store(...) as store:`` does both.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        data_dir: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 5000,
+        migrations_dir: str | os.PathLike[str] = MIGRATIONS_DIR,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must be >= 0")
+        self.db_path = Path(db_path)
+        self.data_dir = Path(data_dir).absolute()
+        self.images_dir = self.data_dir / "images"
+        self.busy_timeout_ms = busy_timeout_ms
+        self.migrations_dir = Path(migrations_dir)
+        # Names of the migration files applied by the last open(); empty when already up to date.
+        self.applied_migrations: list[str] = []
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+        # One connection carries one transaction at a time: without this, two coroutines'
+        # statements would interleave inside each other's BEGIN ... COMMIT.
+        self._lock = asyncio.Lock()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Connect, set the PRAGMAs, refuse a database newer than the code, and migrate."""
+        if self._db is not None:
+            raise StoreError("the store is already open")
+        migrations = await asyncio.to_thread(discover_migrations, self.migrations_dir)
+        scripts = await asyncio.to_thread(
+            lambda: [(m, split_sql(m.path.read_text(encoding="utf-8"))) for m in migrations]
+        )
+        if str(self.db_path) != ":memory:":
+            await asyncio.to_thread(self.db_path.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(
+                self.db_path,
+                # We issue BEGIN/COMMIT ourselves; the sqlite3 module's implicit transactions
+                # would start DEFERRED ones, which can fail with SQLITE_BUSY on the first write.
+                isolation_level=None,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss or an
+            # OS crash, and a job we have acknowledged to a user (and will re-queue after a
+            # restart) must not vanish. One fsync per commit is cheap at our write rate.
+            await db.execute("PRAGMA synchronous = FULL")
+            await self._check_not_too_new(db, len(migrations))
+            if str(self.db_path) != ":memory:":
+                mode = await self._scalar(db, "PRAGMA journal_mode = WAL")
+                if str(mode).lower() != "wal":
+                    raise StoreError(
+                        f"cannot use WAL journaling for {self.db_path} (got {mode!r}); "
+                        "is it on a network filesystem?"
+                    )
+            await db.create_function("easel_fold", 1, _fold, deterministic=True)
+            self.applied_migrations = await self._migrate(db, scripts)
+        except BaseException as e:
+            await db.close()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the connection (waiting for the operation in progress); a no-op if not open."""
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    # ---------------------------------------------------------------- migrations
+
+    async def _check_not_too_new(self, db: aiosqlite.Connection, latest: int) -> None:
+        version = int(await self._scalar(db, "PRAGMA user_version"))
+        if version > latest:
+            raise DatabaseTooNew(
+                f"the database {self.db_path} is at schema version {version}, but this version "
+                f"of Easel only knows up to {latest}: it was written by a newer Easel. Upgrade "
+                "Easel, or point it at another database file; refusing to touch it."
+            )
+
+    async def _migrate(
+        self, db: aiosqlite.Connection, scripts: Sequence[tuple[Migration, list[str]]]
+    ) -> list[str]:
+        applied: list[str] = []
+        current = int(await self._scalar(db, "PRAGMA user_version"))
+        for migration, statements in scripts:
+            if migration.version <= current:
+                continue
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise self._translate(e) from e
+            try:
+                # Another process may have migrated while we waited for the lock.
+                current = int(await self._scalar(db, "PRAGMA user_version"))
+                if current >= migration.version:
+                    await db.execute("ROLLBACK")
+                    await self._check_not_too_new(db, len(scripts))
+                    continue
+                for statement in statements:
+                    await db.execute(statement)
+                # user_version lives in the database header, so it commits or rolls back with
+                # the schema change: no half-applied migration is ever recorded as done.
+                await db.execute(f"PRAGMA user_version = {migration.version}")
+                await db.execute("COMMIT")
+            except BaseException as e:
+                await self._rollback(db)
+                if isinstance(e, sqlite3.Error):
+                    raise MigrationError(
+                        f"migration {migration.path.name} failed and was rolled back: {e}"
+                    ) from e
+                raise
+            current = migration.version
+            applied.append(migration.path.name)
+        return applied
+
+    # --------------------------------------------------------------- plumbing
+
+    def _require_open(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open: await store.open() first")
+        return self._db
+
+    def _translate(self, error: sqlite3.Error) -> StoreError:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return StoreBusy(
+                f"the database is busy: another connection held {self.db_path.name} for more "
+                f"than {self.busy_timeout_ms} ms; nothing was written, try again"
+            )
+        return StoreError(f"database error: {error}")
+
+    @staticmethod
+    async def _rollback(db: aiosqlite.Connection) -> None:
+        # Fails harmlessly with "no transaction is active" when BEGIN or COMMIT never happened.
+        with suppress(sqlite3.Error, ValueError):
+            await db.execute("ROLLBACK")
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction under the lock: committed on exit, rolled back on any exception."""
+        async with self._lock, self._transaction_unlocked(write=write) as db:
+            yield db
+
+    @asynccontextmanager
+    async def _transaction_unlocked(self, *, write: bool) -> AsyncIterator[aiosqlite.Connection]:
+        """A transaction for a caller that already holds the lock.
+
+        Writes take the write lock up front (BEGIN IMMEDIATE) so that busy_timeout applies to
+        waiting for it; a DEFERRED transaction that reads and then writes can fail with
+        SQLITE_BUSY at once in WAL mode, without waiting.
+        """
+        db = self._require_open()
+        try:
+            await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as e:
+            raise self._translate(e) from e
+        try:
+            yield db
+            await db.execute("COMMIT")
+        except BaseException as e:
+            await self._rollback(db)
+            if isinstance(e, sqlite3.Error):
+                raise self._translate(e) from e
+            raise
+
+    @staticmethod
+    async def _scalar(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Any:
+        rows = list(await db.execute_fetchall(sql, tuple(params)))
+        return rows[0][0] if rows else None
+
+    @staticmethod
+    async def _write(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one data-changing statement; return the number of rows it changed."""
+        cursor = await db.execute(sql, tuple(params))
+        try:
+            return cursor.rowcount
+        finally:
+            await cursor.close()
+
+    def _to_db_path(self, path: str | os.PathLike[str]) -> str:
+        absolute = Path(path).absolute()
+        if absolute.is_relative_to(self.data_dir):
+            return absolute.relative_to(self.data_dir).as_posix()
+        return str(absolute)
+
+    def _from_db_path(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.data_dir / path
+
+    async def _records(self, db: aiosqlite.Connection, rows: Iterable[Any]) -> list[JobRecord]:
+        rows = list(rows)
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        images: dict[int, list[tuple[Path, int]]] = {job_id: [] for job_id in ids}
+        # In chunks: SQLite caps the number of bound parameters in one statement.
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for image in await db.execute_fetchall(
+                f"SELECT job_id, path, seed FROM job_images WHERE job_id IN ({marks}) "
+                "ORDER BY job_id, idx",
+                chunk,
+            ):
+                images[image["job_id"]].append((self._from_db_path(image["path"]), image["seed"]))
+        return [
+            JobRecord(**{name: row[name] for name in _JOB_COLUMNS}, images=images[row["id"]])
+            for row in rows
+        ]
+
+    async def _status_for_update(self, db: aiosqlite.Connection, job_id: int) -> Any:
+        rows = list(
+            await db.execute_fetchall("SELECT status, started_at FROM jobs WHERE id = ?", (job_id,))
+        )
+        if not rows:
+            raise JobNotFound(f"job {job_id} does not exist")
+        return rows[0]
+
+    async def _finish(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        duration_s: float | None = None,
+        extra: dict[str, Any] | None = None,
+        images: Sequence[tuple[str | os.PathLike[str], int]] = (),
+    ) -> None:
+        async with self._transaction(write=True) as db:
+            row = await self._status_for_update(db, job_id)
+            if row["status"] not in UNFINISHED:
+                raise InvalidTransition(
+                    f"job {job_id} is already {row['status']}; it cannot become {status}"
+                )
+            now = self._clock()
+            if duration_s is None and row["started_at"] is not None:
+                duration_s = max(0.0, now - row["started_at"])
+            values: dict[str, Any] = {
+                **(extra or {}),
+                "status": status,
+                "error": error,
+                "finished_at": now,
+                "duration_s": duration_s,
+            }
+            # Column names come from this module, never from callers.
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            await self._write(
+                db, f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id]
+            )
+            await db.executemany(
+                "INSERT INTO job_images (job_id, idx, path, seed) VALUES (?, ?, ?, ?)",
+                [
+                    (job_id, idx, self._to_db_path(path), int(seed))
+                    for idx, (path, seed) in enumerate(images)
+                ],
+            )
+
+    # ------------------------------------------------------------------ jobs
+
+    async def add_job(
+        self,
+        request: DrawRequest,
+        *,
+        guild_id: int | None,
+        channel_id: int | None,
+        user_id: int,
+        user_name: str,
+        parent_job_id: int | None = None,
+        status: str = "queued",
+    ) -> int:
+        """Record a new job (``queued``, or ``refused`` by moderation) and return its id."""
+        if status not in ("queued", "refused"):
+            raise ValueError(f"a new job is 'queued' or 'refused', not {status!r}")
+        now = self._clock()
+        values: dict[str, Any] = {name: getattr(request, name) for name in REQUEST_COLUMNS}
+        values |= {
+            "guild_id": guild_id,
+            "channel_id": channel_id,
+            "user_id": user_id,
+            "user_name": user_name,
+            "parent_job_id": parent_job_id,
+            "status": status,
+            "created_at": now,
+            "finished_at": None if status == "queued" else now,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        async with self._transaction(write=True) as db:
+            if parent_job_id is not None and not await self._scalar(
+                db, "SELECT 1 FROM jobs WHERE id = ?", (parent_job_id,)
+            ):
+                raise JobNotFound(f"the parent job {parent_job_id} does not exist")
+            cursor = await db.execute(
+                f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(values.values())
+            )
+            job_id = cursor.lastrowid
+            await cursor.close()
+        assert job_id is not None
+        return job_id
+
+    async def mark_running(self, job_id: int) -> None:
+        """Mark a job as started; also allowed on a ``running`` job re-run after a crash."""
+        async with self._transaction(write=True) as db:
+            row = await self._status_for_update(db, job_id)
+            if row["status"] not in UNFINISHED:
+                raise InvalidTransition(
+                    f"job {job_id} is already {row['status']}; it cannot start running"
+                )
+            await self._write(
+                db,
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1 "
+                "WHERE id = ?",
+                (self._clock(), job_id),
+            )
+
+    async def mark_done(
+        self,
+        job_id: int,
+        *,
+        images: Sequence[tuple[str | os.PathLike[str], int]],
+        request: DrawRequest | None = None,
+        message_id: int | None = None,
+        jump_url: str | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        """Record a finished job's images as (path, seed) pairs.
+
+        ``request`` is the resolved request (seed, size, sampler filled in): its fields replace the
+        stored ones so the job can be drawn again exactly. ``duration_s`` defaults to the time
+        since ``mark_running``.
+        """
+        extra: dict[str, Any] = {}
+        if request is not None:
+            extra |= {name: getattr(request, name) for name in REQUEST_COLUMNS}
+        if message_id is not None:
+            extra["message_id"] = message_id
+        if jump_url is not None:
+            extra["jump_url"] = jump_url
+        await self._finish(job_id, "done", duration_s=duration_s, extra=extra, images=images)
+
+    async def mark_failed(self, job_id: int, error: str) -> None:
+        await self._finish(job_id, "failed", error=error)
+
+    async def mark_cancelled(self, job_id: int) -> None:
+        await self._finish(job_id, "cancelled")
+
+    async def set_message(self, job_id: int, message_id: int, jump_url: str) -> None:
+        """Remember where the job's result was posted (the jump URL, never a CDN link)."""
+        async with self._transaction(write=True) as db:
+            changed = await self._write(
+                db,
+                "UPDATE jobs SET message_id = ?, jump_url = ? WHERE id = ?",
+                (message_id, jump_url, job_id),
+            )
+            if not changed:
+                raise JobNotFound(f"job {job_id} does not exist")
+
+    async def mark_deleted(self, job_id: int, by_user_id: int) -> None:
+        """Mark a job's post as deleted; it stays in history, marked. The first deletion wins."""
+        async with self._transaction(write=True) as db:
+            await self._status_for_update(db, job_id)  # raises JobNotFound
+            await self._write(
+                db,
+                "UPDATE jobs SET deleted_at = ?, deleted_by = ? "
+                "WHERE id = ? AND deleted_at IS NULL",
+                (self._clock(), by_user_id, job_id),
+            )
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(f"{_SELECT_JOBS} WHERE id = ?", (job_id,))
+            records = await self._records(db, rows)
+        return records[0] if records else None
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs left ``queued`` or ``running`` (e.g. by a crash), oldest first."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"{_SELECT_JOBS} WHERE status IN ('queued', 'running') ORDER BY id"
+            )
+            return await self._records(db, rows)
+
+    # --------------------------------------------------------------- history
+
+    @staticmethod
+    def _history_filter(
+        guild_id: int | None, user_id: int | None, query: str | None
+    ) -> tuple[str, list[Any]]:
+        if guild_id is None:
+            clauses, params = ["guild_id IS NULL"], []
+        else:
+            clauses, params = ["guild_id = ?"], [guild_id]
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if query:
+            # instr() on a folded copy: the search text is a bound value compared literally, so
+            # %, _, quotes and backslashes in it are plain characters, not patterns or SQL.
+            clauses.append("instr(easel_fold(prompt), ?) > 0")
+            params.append(_fold(query))
+        return " AND ".join(clauses), params
+
+    async def history(
+        self,
+        guild_id: int | None,
+        user_id: int | None = None,
+        query: str | None = None,
+        before: int | None = None,
+        limit: int = 10,
+    ) -> list[JobRecord]:
+        """Jobs of a guild (``None``: direct messages), newest first, deleted ones included.
+
+        ``user_id`` narrows to one requester, ``query`` to prompts containing it (case-insensitive
+        plain text), ``before`` to ids below it: pass the last id of a page to get the next one.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where, params = self._history_filter(guild_id, user_id, query)
+        if before is not None:
+            where += " AND id < ?"
+            params.append(before)
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"{_SELECT_JOBS} WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+            )
+            return await self._records(db, rows)
+
+    async def count_history(
+        self, guild_id: int | None, user_id: int | None = None, query: str | None = None
+    ) -> int:
+        """How many jobs ``history`` would page through with the same filters."""
+        where, params = self._history_filter(guild_id, user_id, query)
+        async with self._transaction(write=False) as db:
+            return int(await self._scalar(db, f"SELECT count(*) FROM jobs WHERE {where}", params))
+
+    async def stats(self, guild_id: int | None = None) -> dict[str, Any]:
+        """Totals for one guild, or for everything when ``guild_id`` is None.
+
+        Keys: ``jobs``, ``by_status`` (every status, zeros included), ``images``, ``users``,
+        ``mean_duration_s`` (over done jobs; None if there are none).
+        """
+        where, params = ("", []) if guild_id is None else ("WHERE guild_id = ?", [guild_id])
+        async with self._transaction(write=False) as db:
+            by_status = {status: 0 for status in STATUSES}
+            for row in await db.execute_fetchall(
+                f"SELECT status, count(*) FROM jobs {where} GROUP BY status", params
+            ):
+                by_status[row[0]] = row[1]
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT count(*), count(DISTINCT user_id), "
+                    f"avg(CASE WHEN status = 'done' THEN duration_s END) FROM jobs {where}",
+                    params,
+                )
+            )
+            images = await self._scalar(
+                db,
+                f"SELECT count(*) FROM job_images WHERE job_id IN (SELECT id FROM jobs {where})",
+                params,
+            )
+        jobs, users, mean = rows[0]
+        return {
+            "jobs": jobs,
+            "by_status": by_status,
+            "images": images,
+            "users": users,
+            "mean_duration_s": mean,
+        }
+
+    # --------------------------------------------------------------- privacy
+
+    async def forget_user(self, user_id: int) -> int:
+        """Delete every job of this user, their image rows, and image files nobody else uses.
+
+        Returns the number of jobs deleted. Rerolls others made of this user's jobs are kept with
+        their parent link cleared; this user's id is also erased from ``deleted_by``.
+        """
+        async with self._lock:
+            # Held across the file deletions too, so no job of this store can start referring
+            # to a file between the check "unreferenced" and the unlink.
+            async with self._transaction_unlocked(write=True) as db:
+                paths = [
+                    row[0]
+                    for row in await db.execute_fetchall(
+                        "SELECT DISTINCT i.path FROM job_images i JOIN jobs j ON j.id = i.job_id "
+                        "WHERE j.user_id = ?",
+                        (user_id,),
+                    )
+                ]
+                # job_images rows go with their jobs (ON DELETE CASCADE), children's
+                # parent_job_id becomes NULL (ON DELETE SET NULL).
+                deleted = await self._write(db, "DELETE FROM jobs WHERE user_id = ?", (user_id,))
+                await self._write(
+                    db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
+                )
+                orphans = []
+                for stored in paths:
+                    if not await self._scalar(
+                        db, "SELECT 1 FROM job_images WHERE path = ? LIMIT 1", (stored,)
+                    ):
+                        orphans.append(self._from_db_path(stored))
+            # Files go only after the commit: a failed commit must not leave rows without files.
+            await asyncio.to_thread(self._unlink_images, orphans)
+        return deleted
+
+    def _unlink_images(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            # Only our own content-addressed files: a path stored from elsewhere is not ours to
+            # delete.
+            if not path.absolute().is_relative_to(self.images_dir):
+                continue
+            with suppress(FileNotFoundError):
+                path.unlink()
+
+    # ---------------------------------------------------------------- images
+
+    async def save_image(self, png_bytes: bytes) -> Path:
+        """Write a PNG under ``images/`` named by its SHA-256 (atomically); return its path."""
+        if not png_bytes.startswith(PNG_SIGNATURE):
+            raise ValueError("save_image expects PNG bytes")
+        return await asyncio.to_thread(self._write_image, bytes(png_bytes))
+
+    def _write_image(self, data: bytes) -> Path:
+        digest = hashlib.sha256(data).hexdigest()
+        folder = self.images_dir / digest[:2]
+        path = folder / f"{digest}.png"
+        with suppress(FileNotFoundError):
+            # Compare rather than trust the name: a file cut short by a power cut gets rewritten.
+            if path.read_bytes() == data:
+                return path
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{digest[:16]}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                # The job row that points at this file is committed with synchronous=FULL; the
+                # file must be at least as durable, or a power cut leaves an empty PNG behind.
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(folder)
+        return path
+
+    # ------------------------------------------------------------------ meta
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self._transaction(write=False) as db:
+            return await self._scalar(db, "SELECT value FROM meta WHERE key = ?", (key,))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction(write=True) as db:
+            await self._write(
+                db,
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (not possible on every platform: best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,136 @@
+"""Buttons: Reroll and Delete on every result (they survive restarts), and history pages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.jobs import describe_record
+from bot.render import EMBED_COLOUR
+from bot.store import JobRecord
+
+if TYPE_CHECKING:
+    from bot.app import EaselBot
+
+PAGE_SIZE = 5
+
+
+class RerollButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:reroll:(?P<job>\d+)"
+):
+    """Same settings, new random seed; anyone may click, and the result credits the clicker."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Reroll",
+                emoji="🎲",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"easel:reroll:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RerollButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: EaselBot = interaction.client  # type: ignore[assignment]
+        await bot.guarded(interaction, bot.jobs.reroll(interaction, self.job_id))
+
+
+class DeleteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:delete:(?P<job>\d+)"
+):
+    """Deletes the result: its requester or a member with Manage Messages."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                emoji="🗑️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"easel:delete:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> DeleteButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: EaselBot = interaction.client  # type: ignore[assignment]
+        await bot.guarded(interaction, bot.jobs.delete(interaction, self.job_id))
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view
+
+
+PageLoader = Callable[[int | None], Awaitable[list[JobRecord]]]
+
+
+class HistoryPages(discord.ui.View):
+    """Newest-first pages of jobs with Prev/Next, for the member who asked (ephemeral)."""
+
+    def __init__(self, owner_id: int, title: str, total: int, load: PageLoader) -> None:
+        super().__init__(timeout=600)
+        self.owner_id = owner_id
+        self.title = title
+        self.total = total
+        self.load = load
+        # cursors[i] is the "before" id of page i (None: the newest page); keyset paging keeps
+        # pages stable while new jobs arrive.
+        self.cursors: list[int | None] = [None]
+        self.page = 0
+        self.records: list[JobRecord] = []
+
+    async def fetch(self) -> None:
+        self.records = await self.load(self.cursors[self.page])
+        self.previous.disabled = self.page == 0
+        self.next.disabled = (self.page + 1) * PAGE_SIZE >= self.total
+
+    def embed(self) -> discord.Embed:
+        pages = max(1, -(-self.total // PAGE_SIZE))
+        embed = discord.Embed(title=self.title, colour=EMBED_COLOUR)
+        if not self.records:
+            embed.description = "Nothing here yet."
+        else:
+            embed.description = "\n\n".join(describe_record(r) for r in self.records)
+        embed.set_footer(text=f"Page {self.page + 1} of {pages} · {self.total} job(s)")
+        return embed
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.owner_id:
+            await interaction.response.send_message(
+                "These pages belong to someone else; run the command yourself.", ephemeral=True
+            )
+            return False
+        return True
+
+    async def _turn(self, interaction: discord.Interaction, delta: int) -> None:
+        if delta > 0 and self.records and len(self.cursors) <= self.page + 1:
+            self.cursors.append(self.records[-1].id)
+        self.page = max(0, self.page + delta)
+        await self.fetch()
+        await interaction.response.edit_message(embed=self.embed(), view=self)
+
+    @discord.ui.button(label="Prev", emoji="◀️", style=discord.ButtonStyle.secondary)
+    async def previous(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._turn(interaction, -1)
+
+    @discord.ui.button(label="Next", emoji="▶️", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._turn(interaction, +1)
