@@ -116,6 +116,30 @@ async def main() -> None:
             f"loop_stall_ms={stall * 1000:.1f}"
         )
     print(f"loop_stall_ms={max(stalls) * 1000:.1f}")
+    await memory_over_many_jobs(engine)
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (Linux), in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def memory_over_many_jobs(engine: Engine, rounds: int = 4, per_round: int = 60) -> None:
+    """Memory must not grow with the number of jobs served: RSS after each round of jobs."""
+    ex = Executor(engine, max_per_user=per_round, max_queue=per_round, max_batch=4)
+    ex.start()
+    readings = []
+    for r in range(rounds):
+        for i in range(per_round):
+            ex.submit(DrawRequest(f"job {r}-{i}", steps=4, seed=i), user_id=i % 5)
+        await ex.wait_idle()
+        readings.append(rss_mib())
+    ex.close()
+    print(
+        f"rss_mib after each {per_round} jobs: {', '.join(f'{m:.0f}' for m in readings)} "
+        f"(growth over the last {rounds - 1} rounds: {readings[-1] - readings[0]:+.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

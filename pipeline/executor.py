@@ -160,9 +160,10 @@ class Executor:
         (jobs recovered after a restart were accepted once already).
         """
         loop = asyncio.get_running_loop()
-        if self._loop is None:
+        if self._loop is None or self._idle is None:
             self._loop = loop
             self._idle = asyncio.Event()
+        idle = self._idle
         request = self.engine.resolve(request)
         with self._lock:
             if enforce_caps:
@@ -177,7 +178,7 @@ class Executor:
                 self._rotation.append(user_id)
             self._queues[user_id].append(job)
             self._outstanding += 1
-            self._idle.clear()
+            idle.clear()
             self._lock.notify_all()
         self.start()
         return ticket

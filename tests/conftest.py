@@ -69,6 +69,22 @@ async def simcord_bot(bot_settings):
     await shut_down(bot)
 
 
+@pytest.fixture
+async def make_bot(bot_settings):
+    """Builds more bots on the same settings (restarts); all are shut down after the test."""
+    from bot.app import create_bot
+
+    made = []
+
+    def make():
+        made.append(create_bot(bot_settings))
+        return made[-1]
+
+    yield make
+    for bot in made:
+        await shut_down(bot)
+
+
 async def shut_down(bot) -> None:
     """What bot.close() would do; SimCord never calls it."""
     import asyncio

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bot.app import create_bot
 from tests.conftest import shut_down
 
 
@@ -10,7 +9,7 @@ def command_puts(env) -> int:
     return sum(1 for e in env.http_requests if e.method == "PUT" and e.path.endswith("/commands"))
 
 
-async def test_jobs_queued_when_the_bot_died_run_after_restart_exactly_once(world, bot_settings):
+async def test_jobs_queued_when_the_bot_died_run_after_restart_exactly_once(world, make_bot):
     env, old = world.env, world.bot
     old.executor.pause()  # the GPU is busy: both jobs wait
     first = await world.alice.slash(world.channel, "draw", prompt="a lighthouse", seed=1)
@@ -18,7 +17,7 @@ async def test_jobs_queued_when_the_bot_died_run_after_restart_exactly_once(worl
     assert [j.status for j in await old.store.unfinished_jobs()] == ["queued", "queued"]
 
     await shut_down(old)  # the process dies: nothing ran, nothing was delivered
-    new = create_bot(bot_settings)
+    new = make_bot()
     await env.restart_bot(new)
     await world.idle()
 
@@ -37,20 +36,20 @@ async def test_jobs_queued_when_the_bot_died_run_after_restart_exactly_once(worl
     assert first.response.id not in [m.id for m in posted]
 
     await new.executor.wait_idle()
-    again = create_bot(bot_settings)  # a second restart finds nothing left to run
+    again = make_bot()  # a second restart finds nothing left to run
     await shut_down(new)
     await env.restart_bot(again)
     await world.idle()
     assert len([m for m in world.channel.history() if m.embeds]) == 2
 
 
-async def test_buttons_on_old_messages_work_after_restart(world, bot_settings):
+async def test_buttons_on_old_messages_work_after_restart(world, make_bot):
     env, old = world.env, world.bot
     r = await world.alice.slash(world.channel, "draw", prompt="an owl")
     await world.idle()
     card = r.response
     await shut_down(old)
-    new = create_bot(bot_settings)
+    new = make_bot()
     await env.restart_bot(new)
     res = await world.bob.click(card, label="Reroll")
     await world.idle()
@@ -59,16 +58,16 @@ async def test_buttons_on_old_messages_work_after_restart(world, bot_settings):
     assert (await new.store.get_job(1)).deleted
 
 
-async def test_commands_are_synced_only_when_they_change(world, bot_settings):
+async def test_commands_are_synced_only_when_they_change(world, make_bot):
     env = world.env
     assert command_puts(env) == 1  # first start: synced, hash remembered
     await shut_down(world.bot)
-    same = create_bot(bot_settings)
+    same = make_bot()
     await env.restart_bot(same)
     assert command_puts(env) == 1  # same commands: no sync
     await shut_down(same)
 
-    changed = create_bot(bot_settings)
+    changed = make_bot()
 
     async def extra_setup() -> None:
         import discord

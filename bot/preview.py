@@ -1,0 +1,376 @@
+"""The offline preview: the real bot, in a local browser page, on SimCord's simulated Discord.
+
+``python -m bot`` without a token (and ``python -m bot preview``) serves the bot built by the same
+``create_bot(settings)``, with the same cogs, database and model code, in a Discord-like page on
+127.0.0.1. Nothing reaches the network. Needs the ``simcord[preview]`` extra (in ``.[dev]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.settings import DEFAULT_MODEL, Settings
+
+if TYPE_CHECKING:
+    import aiohttp
+    import simcord
+    from simcord.preview import Preview
+
+    from bot.app import EaselBot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8765
+PREVIEW_MODEL = "tiny:sd"
+PREVIEW_DB_PATH = Path("data/preview.sqlite3")
+PREVIEW_DATA_DIR = Path("data/preview")
+# Seconds between checks whether the bot acted on its own (a drawing finished on the GPU thread)
+# and the page must be republished: SimCord republishes only after the page's own actions.
+FOLLOW_INTERVAL = 0.5
+# Seconds between republishes for progress while drawings are under way (see _follow).
+PROGRESS_REFRESH = 3.0
+
+
+class PreviewError(Exception):
+    """The preview could not start; the message says what to do."""
+
+
+def preview_settings(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``settings`` for a preview: the tiny model and a database of its own, unless set explicitly.
+
+    Only variables actually present in ``environ`` (the environment plus .env) count as set, so
+    the preview never loads a multi-GB model or writes into the real bot's history by default.
+    """
+
+    def given(name: str) -> bool:
+        return bool(environ.get(name, "").strip())
+
+    changes: dict[str, Any] = {
+        # The preview never talks to Discord; a dev guild would hide the commands from its server.
+        "discord_token": None,
+        "dev_guild_id": None,
+    }
+    if not given("MODEL"):
+        changes["model"] = PREVIEW_MODEL
+    if not given("DB_PATH"):
+        changes["db_path"] = PREVIEW_DB_PATH
+    if not given("DATA_DIR"):
+        changes["data_dir"] = PREVIEW_DATA_DIR
+    return replace(settings, **changes)
+
+
+@dataclass
+class PreviewWorld:
+    """The simulated server: #draw, a member and a moderator to act as."""
+
+    guild: simcord.GuildHandle
+    channel: simcord.ChannelHandle
+    moderators: simcord.RoleHandle
+    member: simcord.MemberActor
+    moderator: simcord.MemberActor
+
+
+def build_world(env: simcord.Env) -> PreviewWorld:
+    """Create the server the page shows."""
+    import discord
+
+    guild = env.create_guild("Easel preview")
+    channel = guild.create_text_channel("draw", topic="Type /draw in the box below.")
+    moderators = guild.create_role(
+        "Moderators", permissions=discord.Permissions(manage_messages=True)
+    )
+    member = guild.add_member(env.create_user("alice"))
+    moderator = guild.add_member(env.create_user("moddy"), roles=[moderators])
+    return PreviewWorld(guild, channel, moderators, member, moderator)
+
+
+@dataclass
+class PreviewSession:
+    """Everything a running preview is made of, handed to ``on_ready``."""
+
+    bot: EaselBot
+    env: simcord.Env
+    world: PreviewWorld
+    preview: Preview
+
+    @property
+    def url(self) -> str:
+        """The page's address; the #fragment is the capability that lets the browser in."""
+        return self.preview.url
+
+
+def describe(session: PreviewSession) -> str:
+    """What the terminal shows once the page is up."""
+    s = session.bot.settings
+    note = ""
+    if s.model.startswith("tiny:"):
+        note = (
+            f" (random weights, so its pictures are noise; "
+            f"set MODEL, e.g. MODEL={DEFAULT_MODEL}, to draw for real)"
+        )
+    w = session.world
+    return (
+        "Easel is running in a local preview: the real bot on a simulated Discord, offline.\n"
+        f"\n  Open {session.url}\n\n"
+        f'  Server "Easel preview", channel #draw. Act as {w.member.name} (a member) or '
+        f"{w.moderator.name} (a moderator)\n"
+        '  with "Viewing as"; type /draw in the message box.\n'
+        f"  Model: {s.model}{note}.\n"
+        f"  Database: {s.db_path}, pictures: {s.data_dir}/\n"
+        "  Press Ctrl-C here to stop.\n"
+    )
+
+
+async def serve_preview(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    on_ready: Callable[[PreviewSession], Any] | None = None,
+    follow_interval: float | None = FOLLOW_INTERVAL,
+) -> None:
+    """Serve the bot in a local page until the page ends the session or the task is cancelled.
+
+    ``port``: None tries DEFAULT_PORT and falls back to a free port; 0 is any free port; any
+    other port must be free. ``on_ready`` (sync or async) gets the session once the page is
+    served; by default the address and instructions are printed. ``follow_interval`` None turns
+    off republishing the page after the bot's own work (tests that refresh themselves).
+    """
+    try:
+        import simcord
+    except ImportError as exc:
+        raise PreviewError(
+            "the preview needs SimCord: run `make install` (or pip install -e '.[dev]')."
+        ) from exc
+
+    from bot.app import create_bot
+
+    chosen_port = pick_port(port)
+    bot = create_bot(settings)
+    try:
+        # check_errors=False: errors the bot answered politely (a bad width, a missing
+        # permission) are recorded by SimCord and would otherwise be re-raised at exit.
+        async with simcord.run(bot, check_errors=False) as env:
+            # setup_hook syncs only when the commands changed since the last start, but each
+            # start is a fresh simulated Discord that has never seen them.
+            await bot.tree.sync()
+            world = build_world(env)
+            async with contextlib.AsyncExitStack() as stack:
+                preview = await _enter_preview(stack, env, world, chosen_port)
+                session = PreviewSession(bot, env, world, preview)
+                shown = (on_ready or _print_ready)(session)
+                if inspect.isawaitable(shown):
+                    await shown
+                follower = None
+                if follow_interval is not None:
+                    follower = asyncio.create_task(_follow(session, follow_interval))
+                try:
+                    await preview.wait_closed()
+                finally:
+                    if follower is not None:
+                        follower.cancel()
+                        await asyncio.gather(follower, return_exceptions=True)
+    finally:
+        await shut_down(bot)
+
+
+async def shut_down(bot: EaselBot) -> None:
+    """What ``bot.close()`` would do: SimCord never calls it."""
+    executor = getattr(bot, "executor", None)
+    if executor is not None:
+        await asyncio.to_thread(executor.close)  # joins the GPU thread
+    await bot.store.close()
+
+
+def _print_ready(session: PreviewSession) -> None:
+    print(describe(session), flush=True)
+
+
+def pick_port(port: int | None) -> int:
+    """The port to serve on, checked before the model loads (a real one takes minutes).
+
+    None means DEFAULT_PORT, or any free port when that one is taken; 0 means any free port.
+    """
+    wanted = DEFAULT_PORT if port is None else port
+    if wanted == 0 or _can_bind(wanted):
+        return wanted
+    if port is None:
+        log.info("port %d is in use; serving the preview on a free port instead", wanted)
+        return 0
+    raise PreviewError(
+        f"port {port} is already in use; choose another with --port (0 = any free port)."
+    )
+
+
+def _can_bind(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        # As asyncio's server does: a port left in TIME_WAIT by a previous run counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _enter_preview(
+    stack: contextlib.AsyncExitStack, env: simcord.Env, world: PreviewWorld, port: int
+) -> Preview:
+    import simcord
+
+    preview = env.preview(
+        world.channel, viewers=[world.member, world.moderator], layout="channel", port=port
+    )
+    try:
+        return await stack.enter_async_context(preview)
+    except simcord.SetupError as exc:
+        if str(exc).startswith("Preview requires"):  # simcord without its [preview] extra
+            raise PreviewError(f"{exc} (or run `make install`)") from exc
+        if isinstance(exc.__cause__, OSError):  # taken since pick_port looked
+            raise PreviewError(f"port {port} is already in use; try again.") from exc
+        raise
+
+
+async def _follow(session: PreviewSession, interval: float) -> None:
+    """Republish the page when the bot called Discord's API since the last look.
+
+    Results and progress come from the GPU thread after the page's action has settled; without
+    this the page would show "Queued…" until the user clicks "Refresh preview".
+    """
+    import simcord
+
+    env, preview, executor = session.env, session.preview, session.bot.executor
+    seen = len(env.http_requests)
+    published = 0.0
+    while True:
+        await asyncio.sleep(interval)
+        count = len(env.http_requests)
+        if count == seen:
+            continue
+        # Each republish makes an action the browser sends before its next poll (within 0.5 s)
+        # stale: SimCord rejects it and the user has to send it again. So while drawings are
+        # under way their progress is shown at a slower pace; the last picture at once.
+        if executor.pending() and time.perf_counter() - published < PROGRESS_REFRESH:
+            continue
+        try:
+            await preview.refresh()
+        except simcord.SetupError:
+            continue  # a page action is running (it republishes by itself) or the page closed
+        except TimeoutError:
+            log.warning("the bot was still busy when the page was refreshed", exc_info=True)
+        seen = count
+        published = time.perf_counter()
+
+
+# -- a client of the page's HTTP API ---------------------------------------------------------
+
+
+class PreviewPage:
+    """One browser tab on the preview, speaking the page's HTTP API (protocol 3).
+
+    What the page's own scripts send; for tests and scripts that drive the preview.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http = http
+        self.base, capability = url.split("/#", 1)
+        self.headers = {"X-Simcord-Capability": capability}
+        self.sequence = 0
+        self.state: dict[str, Any] = {}
+
+    async def open(self, viewer: simcord.MemberActor) -> PreviewPage:
+        """Open a page context acting as ``viewer`` ("Viewing as")."""
+        async with self.http.post(
+            f"{self.base}/api/pages", headers=self.headers, json={"viewer_id": str(viewer.id)}
+        ) as r:
+            r.raise_for_status()
+            self.state = await r.json()
+        self.headers = {**self.headers, "X-Simcord-Context": self.state["context"]["id"]}
+        return self
+
+    async def get(self, path: str) -> Any:
+        """GET an API path: JSON as Python values, anything else as bytes."""
+        async with self.http.get(self.base + path, headers=self.headers) as r:
+            r.raise_for_status()
+            return await r.json() if r.content_type == "application/json" else await r.read()
+
+    async def refresh(self) -> dict[str, Any]:
+        """Read the published state again (what the page polls)."""
+        self.state = await self.get("/api/state")
+        return self.state
+
+    async def act(self, kind: str, **extra: Any) -> dict[str, Any]:
+        """Send one action; returns its receipt and re-reads the state."""
+        self.sequence += 1
+        st = self.state
+        body = {
+            "protocol_version": 3,
+            "sequence": self.sequence,
+            "request_id": str(uuid.uuid4()),
+            "generation": st["context"]["generation"],
+            "bot_generation": st["botGeneration"],
+            "published_revision": st["publishedRevision"],
+            "kind": kind,
+            **extra,
+        }
+        async with self.http.post(f"{self.base}/api/action", headers=self.headers, json=body) as r:
+            r.raise_for_status()
+            receipt: dict[str, Any] = await r.json()
+        # A rejected action does not use up its sequence number; the receipt says which is next.
+        if isinstance(receipt.get("expectedSequence"), int):
+            self.sequence = receipt["expectedSequence"]
+        await self.refresh()
+        return receipt
+
+    async def run_command(self, invocation: str, **options: Any) -> dict[str, Any]:
+        """Run a slash command from the composer, e.g. ``run_command("draw", prompt="a cat")``."""
+        catalog = await self.get("/api/commands")
+        entry = next(e for e in catalog["entries"] if e["invocation"] == invocation)
+        return await self.act(
+            "run_command",
+            command_id=entry["commandId"],
+            path=entry["path"],
+            schema_fingerprint=entry["schemaFingerprint"],
+            options={name: _wire(value) for name, value in options.items()},
+        )
+
+    async def click(self, message: Mapping[str, Any], label: str) -> dict[str, Any]:
+        """Click the button labelled ``label`` on a message of the state."""
+        button = next(
+            c
+            for row in message["components"]
+            for c in row.get("components", [])
+            if c.get("label") == label
+        )
+        return await self.act("click", control_key=button["control_key"], target_id=message["id"])
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The visible messages, oldest first."""
+        return [self.state["messages"][i] for i in self.state["timeline"]]
+
+    async def wait_for(
+        self, predicate: Callable[[PreviewPage], bool], timeout: float = 30
+    ) -> dict[str, Any]:
+        """Poll the state, as the page does, until ``predicate(self)`` holds."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                await asyncio.sleep(0.2)
+                await self.refresh()
+        return self.state
+
+
+def _wire(value: Any) -> Any:
+    # The browser sends numbers as the text typed into the option field.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
