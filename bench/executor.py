@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,16 +55,20 @@ async def plain(engine: Engine) -> tuple[float, float]:
 
     pipe = engine.pipe
 
-    def work() -> None:
+    def work() -> float:
+        t = time.perf_counter()
+        pipe("warm up", num_inference_steps=2)
+        warm = time.perf_counter() - t
         for _, r in requests():
             g = torch.Generator("cpu").manual_seed(r.seed or 0)
             pipe(r.prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=g)
+        return warm
 
     watcher = Watcher()
     watch = asyncio.create_task(watcher.run())
     t = time.perf_counter()
-    await asyncio.to_thread(work)
-    elapsed = time.perf_counter() - t
+    warm = await asyncio.to_thread(work)
+    elapsed = time.perf_counter() - t - warm
     watcher.stop()
     await watch
     return elapsed, watcher.worst
@@ -72,6 +77,8 @@ async def plain(engine: Engine) -> tuple[float, float]:
 async def through_executor(engine: Engine, max_batch: int) -> tuple[float, float]:
     ex = Executor(engine, max_per_user=JOBS, max_batch=max_batch)
     ex.start()
+    ex.submit(DrawRequest("warm up", steps=2, seed=0), user_id=-1)
+    await ex.wait_idle()
     watcher = Watcher()
     watch = asyncio.create_task(watcher.run())
     t = time.perf_counter()
@@ -85,38 +92,69 @@ async def through_executor(engine: Engine, max_batch: int) -> tuple[float, float
     return elapsed, watcher.worst
 
 
-async def main() -> None:
-    quiet_library_logs()
-    quiet_library_logs()
+async def run_part(part: str, model: str, device: str) -> None:
+    """One measurement, alone in this process; prints ``elapsed=... stall=...``."""
+    engine = Engine.load(model, device=device)
+    if part == "memory":
+        await memory_over_many_jobs(engine)
+        return
+    if part == "plain":
+        elapsed, stall = await plain(engine)
+    else:
+        elapsed, stall = await through_executor(engine, int(part))
+    print(f"elapsed={elapsed:.4f} stall={stall:.4f} device={engine.device}")
+
+
+def measure(part: str, args: argparse.Namespace) -> tuple[float, float, str]:
+    # Each measurement gets a fresh process: once one thread has run torch's CPU kernels, another
+    # thread's runs slow down 2-3x (competing OpenMP teams, measured here), which would bias
+    # whichever side runs second. The bot computes on one thread only, like each part here.
+    cmd = [sys.executable, __file__, "--part", part, "--model", args.model, "--device", args.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("elapsed="))
+    values = dict(kv.split("=") for kv in line.split())
+    return float(values["elapsed"]), float(values["stall"]), values["device"]
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:sd")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    engine = Engine.load(args.model, device=args.device)
-    engine.run(DrawRequest("warm up", steps=2, seed=0))
-    print(f"model={args.model} device={engine.device} jobs={JOBS} users={USERS} steps={STEPS}")
-    # Best of three for each side, interleaved, so a busy moment on the machine hits both alike.
-    plain_runs, runs = [], {4: [], 1: []}
-    for _ in range(3):
-        plain_runs.append(await plain(engine))
-        for max_batch in runs:
-            runs[max_batch].append(await through_executor(engine, max_batch))
-    base = min(t for t, _ in plain_runs)
-    stalls = [s for _, s in plain_runs]
-    print(
-        f"plain: {base:.2f}s ({base / JOBS * 1000:.0f} ms/image), stall {max(stalls) * 1000:.1f} ms"
-    )
+    quiet_library_logs()
+    if args.part:
+        asyncio.run(run_part(args.part, args.model, args.device))
+        return
+    runs: dict[str, list[tuple[float, float, str]]] = {"plain": [], "4": [], "1": []}
+    for _ in range(3):  # interleaved, best of three: a busy moment hits every side alike
+        for part in runs:
+            runs[part].append(measure(part, args))
+    device = runs["plain"][0][2]
+    print(f"model={args.model} device={device} jobs={JOBS} users={USERS} steps={STEPS}")
+    base = min(t for t, _, _ in runs["plain"])
+    print(f"plain: {base:.2f}s ({base / JOBS * 1000:.0f} ms/image)")
     stalls = []
-    for max_batch, results in runs.items():
-        t = min(r for r, _ in results)
-        stall = max(s for _, s in results)
+    for part in ("4", "1"):
+        t = min(r for r, _, _ in runs[part])
+        stall = max(s for _, s, _ in runs[part])
         stalls.append(stall)
         print(
-            f"executor max_batch={max_batch}: {t:.2f}s ratio={base / t:.2f} "
+            f"executor max_batch={part}: {t:.2f}s ratio={base / t:.2f} "
             f"loop_stall_ms={stall * 1000:.1f}"
         )
     print(f"loop_stall_ms={max(stalls) * 1000:.1f}")
-    await memory_over_many_jobs(engine)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        "memory",
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+    ]
+    print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
 
 
 def rss_mib() -> float:
@@ -143,4 +181,4 @@ async def memory_over_many_jobs(engine: Engine, rounds: int = 4, per_round: int 
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
