@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -20,7 +20,7 @@ from bot.store import JobRecord, Store
 from pipeline.errors import NotAllowed, QueueFull, UnknownJob
 from pipeline.executor import Executor, JobOutcome
 from pipeline.pngmeta import format_parameters, png_bytes
-from pipeline.request import DrawRequest, random_seed
+from pipeline.request import DrawRequest, DrawResult, random_seed
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -110,6 +110,15 @@ class Delivery:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What the callbacks of one queued job need to finish it."""
+
+    id: int
+    delivery: Delivery
+    parent_job_id: int | None
+
+
 class JobRunner:
     """Starts, tracks and delivers drawing jobs."""
 
@@ -133,7 +142,7 @@ class JobRunner:
         Everything that can refuse the request runs before the first reply, so a refusal is an
         ephemeral message and nothing is stored or queued.
         """
-        notes = self.engine.validate(request)
+        self.engine.validate(request)  # its notes come back with the result
         request = self.engine.resolve(request)
         user = interaction.user
         self.executor.check_capacity(user.id)
@@ -151,7 +160,7 @@ class JobRunner:
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
         try:
-            self._submit(job_id, request, user.id, delivery, tuple(notes), parent_job_id)
+            self._submit(_Job(job_id, delivery, parent_job_id), request, user.id)
         except QueueFull as exc:  # filled up while we recorded it
             await self.store.mark_cancelled(job_id)
             await delivery.final(content=str(exc))
@@ -164,23 +173,15 @@ class JobRunner:
         return job_id
 
     def _submit(
-        self,
-        job_id: int,
-        request: DrawRequest,
-        user_id: int,
-        delivery: Delivery,
-        notes: tuple[str, ...],
-        parent_job_id: int | None,
-        *,
-        enforce_caps: bool = True,
+        self, job: _Job, request: DrawRequest, user_id: int, *, enforce_caps: bool = True
     ) -> None:
         self.executor.submit(
             request,
             user_id=user_id,
-            ticket=job_id,
+            ticket=job.id,
             enforce_caps=enforce_caps,
-            on_progress=functools.partial(self._on_progress, job_id, delivery),
-            on_done=functools.partial(self._on_done, job_id, delivery, notes, parent_job_id),
+            on_progress=functools.partial(self._on_progress, job),
+            on_done=functools.partial(self._on_done, job),
         )
 
     async def reroll(
@@ -200,15 +201,8 @@ class JobRunner:
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
             request = replace(record.request, model=None)
             try:
-                self._submit(
-                    record.id,
-                    request,
-                    record.user_id,
-                    delivery,
-                    (),
-                    record.parent_job_id,
-                    enforce_caps=False,
-                )
+                job = _Job(record.id, delivery, record.parent_job_id)
+                self._submit(job, request, record.user_id, enforce_caps=False)
             except Exception as exc:
                 log.exception("could not re-queue job %s", record.id)
                 await self.store.mark_failed(record.id, f"could not re-queue after restart: {exc}")
@@ -218,44 +212,29 @@ class JobRunner:
 
     # -- callbacks from the executor -----------------------------------------------------
 
-    async def _on_progress(self, job_id: int, delivery: Delivery, step: int, total: int) -> None:
+    async def _on_progress(self, job: _Job, step: int, total: int) -> None:
         if step == 0:
-            await self.store.mark_running(job_id)
-            await delivery.status(f"Drawing job #{job_id}…")
+            await self.store.mark_running(job.id)
+            await job.delivery.status(f"Drawing job #{job.id}…")
         else:
-            await delivery.status(f"Drawing… {step}/{total}")
+            await job.delivery.status(f"Drawing… {step}/{total}")
 
-    async def _on_done(
-        self,
-        job_id: int,
-        delivery: Delivery,
-        notes: tuple[str, ...],
-        parent_job_id: int | None,
-        outcome: JobOutcome,
-    ) -> None:
+    async def _on_done(self, job: _Job, outcome: JobOutcome) -> None:
         try:
             if outcome.status == "done" and outcome.result is not None:
-                await self._deliver(job_id, delivery, notes, parent_job_id, outcome)
+                await self._deliver(job, outcome.result)
             elif outcome.status == "cancelled":
-                await self.store.mark_cancelled(job_id)
-                await delivery.final(content=f"Job #{job_id} was cancelled.")
+                await self.store.mark_cancelled(job.id)
+                await job.delivery.final(content=f"Job #{job.id} was cancelled.")
             else:
                 error = outcome.error
-                await self.store.mark_failed(job_id, repr(error) if error else outcome.message)
-                await delivery.final(content=f"⚠️ Job #{job_id} failed: {outcome.message}")
+                await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
+                await job.delivery.final(content=f"⚠️ Job #{job.id} failed: {outcome.message}")
         except Exception:
-            log.exception("delivering job %s failed", job_id)
+            log.exception("delivering job %s failed", job.id)
 
-    async def _deliver(
-        self,
-        job_id: int,
-        delivery: Delivery,
-        notes: tuple[str, ...],
-        parent_job_id: int | None,
-        outcome: JobOutcome,
-    ) -> None:
-        result = outcome.result
-        assert result is not None
+    async def _deliver(self, job: _Job, result: DrawResult) -> None:
+        """Keep the images (disk, then database) before posting, so a failed post loses none."""
         request = result.request
         eta = self.engine.capabilities.eta
         pngs = await asyncio.to_thread(
@@ -266,32 +245,27 @@ class JobRunner:
         )
         paths = [await self.store.save_image(data) for data in pngs]
         await self.store.mark_done(
-            job_id,
+            job.id,
             images=list(zip(paths, result.seeds, strict=True)),
             request=request,
             duration_s=result.duration_s,
         )
-        await self.post(job_id, delivery, pngs, request, notes, parent_job_id)
+        await self.post(job, pngs, request, result.notes)
 
     async def post(
-        self,
-        job_id: int,
-        delivery: Delivery,
-        pngs: list[bytes],
-        request: DrawRequest,
-        notes: tuple[str, ...],
-        parent_job_id: int | None,
+        self, job: _Job, pngs: list[bytes], request: DrawRequest, notes: tuple[str, ...]
     ) -> discord.Message | None:
         """Post a finished job's images with its settings and buttons; remember the message."""
         from bot.views import result_view
 
+        delivery = job.delivery
         limit = delivery.upload_limit()
         uploads = []
         for i, data in enumerate(pngs):
-            upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{job_id}-{i}.png")
+            upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{job.id}-{i}.png")
             if upload is None:
                 await delivery.final(
-                    content=f"Job #{job_id} is done, but its images are too large to upload here."
+                    content=f"Job #{job.id} is done, but its images are too large to upload here."
                 )
                 return None
             uploads.append(upload)
@@ -299,18 +273,18 @@ class JobRunner:
             notes = (*notes, "Scaled down to fit Discord's upload limit; the settings still apply.")
         embed = result_embed(
             request,
-            job_id,
+            job.id,
             requester=f"<@{delivery.user_id}>",
             eta_applies=self.engine.capabilities.eta,
             notes=notes,
-            parent_job_id=parent_job_id,
+            parent_job_id=job.parent_job_id,
         )
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
-        message = await delivery.final(embed=embed, uploads=uploads, view=result_view(job_id))
+        message = await delivery.final(embed=embed, uploads=uploads, view=result_view(job.id))
         if message is not None:
             with contextlib.suppress(Exception):
-                await self.store.set_message(job_id, message.id, message.jump_url)
+                await self.store.set_message(job.id, message.id, message.jump_url)
         return message
 
     # -- deleting ------------------------------------------------------------------------

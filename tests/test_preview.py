@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -137,15 +138,12 @@ def test_a_taken_port_is_refused_before_the_model_loads_unless_it_was_the_defaul
 
 
 @pytest.fixture
-def preview_settings(tmp_path: Path, model_cache: Path) -> Settings:
-    return Settings(
-        model="tiny:sd",
+def preview_settings(bot_settings: Settings, tmp_path: Path) -> Settings:
+    return replace(
+        bot_settings,
+        discord_token=None,
         db_path=tmp_path / "preview.sqlite3",
         data_dir=tmp_path / "preview",
-        model_cache_dir=model_cache,
-        device="cpu",
-        default_steps=4,
-        progress_interval=0,
     )
 
 
