@@ -208,7 +208,19 @@ class JobRunner:
                 await self.store.mark_failed(record.id, f"could not re-queue after restart: {exc}")
         if records:
             log.info("re-queued %d unfinished job(s) after a restart", len(records))
+        for record in await self.store.undelivered_jobs():
+            # Drawn and stored, but the process died before posting: post from disk.
+            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+            job = _Job(record.id, delivery, record.parent_job_id)
+            self.bot.loop.create_task(self._repost(job, record))
         return len(records)
+
+    async def _repost(self, job: _Job, record: JobRecord) -> None:
+        try:
+            pngs = [await asyncio.to_thread(path.read_bytes) for path, _ in record.images]
+            await self.post(job, pngs, record.request, ())
+        except Exception:
+            log.exception("re-posting job %s after a restart failed", job.id)
 
     # -- callbacks from the executor -----------------------------------------------------
 

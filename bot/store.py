@@ -605,6 +605,21 @@ class Store:
             )
             return await self._records(db, rows)
 
+    async def undelivered_jobs(self, *, max_age_s: float = 86400.0) -> list[JobRecord]:
+        """Jobs drawn and stored but never posted (the process died in between), oldest first.
+
+        Only recent ones: a result a day late is news to nobody.
+        """
+        since = self._clock() - max_age_s
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"{_SELECT_JOBS} WHERE status = 'done' AND message_id IS NULL "
+                "AND deleted_at IS NULL AND channel_id IS NOT NULL AND finished_at >= ? "
+                "ORDER BY id",
+                (since,),
+            )
+            return await self._records(db, rows)
+
     # --------------------------------------------------------------- history
 
     @staticmethod

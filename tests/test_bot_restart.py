@@ -87,3 +87,33 @@ async def test_commands_are_synced_only_when_they_change(world, make_bot):
     changed.setup_hook = setup_hook  # type: ignore[method-assign]
     await env.restart_bot(changed)
     assert command_puts(env) == 2
+
+
+async def test_a_result_drawn_but_not_posted_before_the_crash_is_posted_after_restart(
+    world, make_bot
+):
+    env, old = world.env, world.bot
+    await world.alice.slash(world.channel, "draw", prompt="a comet", seed=4)
+    await world.idle()
+    posted = world.channel.history()[-1]
+    assert posted.embeds[0].footer.text == "Job #1"
+    # Simulate the crash window between storing the images and posting them.
+    await old.store.close()
+    import sqlite3
+
+    with sqlite3.connect(old.settings.db_path) as db:
+        db.execute("UPDATE jobs SET message_id = NULL, jump_url = NULL WHERE id = 1")
+    await shut_down(old)
+    new = make_bot()
+    await env.restart_bot(new)
+    await world.idle()
+    reposted = world.channel.history()[-1]
+    assert reposted.id != posted.id and reposted.embeds[0].footer.text == "Job #1"
+    assert reposted.content == f"<@{world.alice.id}>"
+    record = await new.store.get_job(1)
+    assert record.message_id == reposted.id
+    # ...and exactly once: another restart posts nothing more.
+    await shut_down(new)
+    await env.restart_bot(make_bot())
+    await world.idle()
+    assert world.channel.history()[-1].id == reposted.id
