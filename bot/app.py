@@ -150,7 +150,10 @@ class EaselBot(commands.Bot):
         elif isinstance(original, StoreBusy):
             message = "The bot is very busy right now; please try again in a moment."
         elif isinstance(error, app_commands.MissingPermissions):
-            message = "Only moderators (members with Manage Messages) can use this."
+            if "manage_guild" in error.missing_permissions:
+                message = "Only members with the Manage Server permission can use this."
+            else:
+                message = "Only moderators (members with Manage Messages) can use this."
         elif isinstance(error, app_commands.NoPrivateMessage):
             message = "This command only works in a server."
         elif isinstance(error, app_commands.CheckFailure):

@@ -17,7 +17,8 @@ import discord
 
 from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, result_embed
 from bot.store import JobRecord, Store
-from pipeline.errors import NotAllowed, QueueFull, UnknownJob
+from bot.wordfilter import find_banned
+from pipeline.errors import NotAllowed, PromptRefused, QueueFull, UnknownJob
 from pipeline.executor import Executor, JobOutcome
 from pipeline.pngmeta import format_parameters, png_bytes
 from pipeline.request import DrawRequest, DrawResult, random_seed
@@ -142,9 +143,10 @@ class JobRunner:
         Everything that can refuse the request runs before the first reply, so a refusal is an
         ephemeral message and nothing is stored or queued.
         """
+        user = interaction.user
+        await self._check_banned_words(interaction, request)
         self.engine.validate(request)  # its notes come back with the result
         request = self.engine.resolve(request)
-        user = interaction.user
         self.executor.check_capacity(user.id)
         await interaction.response.defer(thinking=True)
         job_id = await self.store.add_job(
@@ -169,8 +171,34 @@ class JobRunner:
         if position:
             ahead = position - 1
             waiting = f"{ahead} ahead of you" if ahead else "you're next"
-            await delivery.status(f"Queued as job #{job_id}: {waiting}.")
+            text = f"Queued as job #{job_id}: {waiting}."
+            if self.executor.paused:
+                text += " The queue is paused by the moderators; it starts when they resume it."
+            await delivery.status(text)
         return job_id
+
+    async def _check_banned_words(
+        self, interaction: discord.Interaction, request: DrawRequest
+    ) -> None:
+        """Refuse a prompt with a banned word, keeping a record moderators can see."""
+        if interaction.guild_id is None:
+            return
+        banned = await self.store.banned_words(interaction.guild_id)
+        text = f"{request.prompt}\n{request.negative_prompt}"
+        if not banned or (word := find_banned(text, banned)) is None:
+            return
+        await self.store.add_job(
+            request,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            user_name=interaction.user.display_name,
+            status="refused",
+        )
+        raise PromptRefused(
+            f"This server doesn't allow “{word}” in prompts, so nothing was drawn. "
+            "Please rephrase and try again."
+        )
 
     def _submit(
         self, job: _Job, request: DrawRequest, user_id: int, *, enforce_caps: bool = True

@@ -620,6 +620,33 @@ class Store:
             )
             return await self._records(db, rows)
 
+    # ---------------------------------------------------------- banned words
+
+    async def add_banned_word(self, guild_id: int, word: str, by_user_id: int) -> bool:
+        """Ban ``word`` (already normalised) in a server; False if it was banned already."""
+        async with self._transaction(write=True) as db:
+            changed = await self._write(
+                db,
+                "INSERT OR IGNORE INTO banned_words (guild_id, word, added_by, added_at) "
+                "VALUES (?, ?, ?, ?)",
+                (guild_id, word, by_user_id, self._clock()),
+            )
+        return bool(changed)
+
+    async def remove_banned_word(self, guild_id: int, word: str) -> bool:
+        async with self._transaction(write=True) as db:
+            changed = await self._write(
+                db, "DELETE FROM banned_words WHERE guild_id = ? AND word = ?", (guild_id, word)
+            )
+        return bool(changed)
+
+    async def banned_words(self, guild_id: int) -> list[str]:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (guild_id,)
+            )
+        return [row["word"] for row in rows]
+
     # --------------------------------------------------------------- history
 
     @staticmethod

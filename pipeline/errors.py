@@ -37,3 +37,7 @@ class UnknownJob(EaselError):
 
 class NotAllowed(EaselError):
     """The user may not do this (e.g. delete someone else's drawing)."""
+
+
+class PromptRefused(EaselError):
+    """The prompt contains a word the server's moderators banned."""
