@@ -22,7 +22,7 @@ from pipeline.errors import EaselError
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.draw", "bot.cogs.history", "bot.cogs.moderation")
+COGS = ("bot.cogs.draw", "bot.cogs.history", "bot.cogs.moderation", "bot.cogs.privacy")
 COMMAND_HASH_KEY = "command_hash"
 GENERIC_ERROR = "Sorry, something went wrong on our side. It has been logged; please try again."
 

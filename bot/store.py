@@ -760,6 +760,10 @@ class Store:
                 await self._write(
                     db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
                 )
+                # A moderator who leaves keeps their server's bans, not their name on them.
+                await self._write(
+                    db, "UPDATE banned_words SET added_by = 0 WHERE added_by = ?", (user_id,)
+                )
                 orphans = []
                 for stored in paths:
                     if not await self._scalar(

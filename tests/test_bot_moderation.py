@@ -87,3 +87,31 @@ async def test_pause_needs_manage_server_and_keeps_the_queue(world):
     assert "1 drawing(s) waiting" in r.response.content
     await world.idle()
     assert queued.response.embeds
+
+
+async def test_forget_deletes_rows_and_files_after_confirmation(world):
+    import sqlite3
+
+    for prompt in ("a cat", "a dog"):
+        await world.alice.slash(world.channel, "draw", prompt=prompt, steps=1)
+        await world.idle()
+    await world.bob.slash(world.channel, "draw", prompt="bob's owl", steps=1)
+    await world.idle()
+    store = world.bot.store
+    alice_files = [p for i in (1, 2) for p, _ in (await store.get_job(i)).images]
+    assert all(p.is_file() for p in alice_files)
+
+    r = await world.alice.slash(world.channel, "forget")
+    assert r.ephemeral and "can't be undone" in r.response.content
+    await world.alice.click(r.response, label="No, keep them")
+    assert await store.get_job(1) is not None
+
+    r = await world.alice.slash(world.channel, "forget")
+    await world.alice.click(r.response, label="Yes, delete everything")
+    msg = next(m for m in world.channel.history(viewer=world.alice) if m.id == r.response.id)
+    assert msg.content.startswith("Done: 2 drawing(s)")
+    assert not any(p.exists() for p in alice_files)
+    assert (await store.get_job(3)).status == "done"  # bob's are untouched
+    with sqlite3.connect(world.bot.settings.db_path) as db:
+        rows = db.execute("SELECT count(*) FROM jobs WHERE user_id = ?", (world.alice.id,))
+        assert rows.fetchone()[0] == 0

@@ -1,0 +1,67 @@
+"""/forget: a user takes all their data back, after confirming."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.app import EaselBot
+
+
+class ConfirmForget(discord.ui.View):
+    """Yes/No buttons for the one user who asked; nothing happens until they click Yes."""
+
+    def __init__(self, bot: EaselBot, user_id: int) -> None:
+        super().__init__(timeout=120)
+        self.bot = bot
+        self.user_id = user_id
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.user_id
+
+    @discord.ui.button(label="Yes, delete everything", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        if self.bot.executor.pending(self.user_id):
+            await interaction.response.edit_message(
+                content="You still have drawings queued or in progress. Use /cancel, wait a "
+                "moment, then /forget again.",
+                view=None,
+            )
+            return
+        count = await self.bot.store.forget_user(self.user_id)
+        await interaction.response.edit_message(
+            content=f"Done: {count} drawing(s) and their stored images are deleted from this "
+            "bot, in every server. Pictures already posted in channels stay until someone "
+            "deletes those messages.",
+            view=None,
+        )
+
+    @discord.ui.button(label="No, keep them", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+
+
+class Privacy(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="forget", description="Delete all your drawings and history from this bot."
+    )
+    async def forget(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(
+            "This deletes every drawing you made with this bot, in every server: the history, "
+            "the settings and the stored images. It can't be undone. Continue?",
+            view=ConfirmForget(self.bot, interaction.user.id),
+            ephemeral=True,
+        )
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Privacy(bot))
