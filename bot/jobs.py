@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, result_embed
+from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, result_embed, shorten
 from bot.store import JobRecord, Store
 from bot.wordfilter import find_banned
 from pipeline.errors import NotAllowed, PromptRefused, QueueFull, UnknownJob
 from pipeline.executor import Executor, JobOutcome
 from pipeline.pngmeta import format_parameters, png_bytes
 from pipeline.request import DrawRequest, DrawResult, random_seed
+from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -128,6 +129,8 @@ class JobRunner:
         self.store = store
         self.engine = engine
         self.executor = executor
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -240,7 +243,9 @@ class JobRunner:
             # Drawn and stored, but the process died before posting: post from disk.
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
             job = _Job(record.id, delivery, record.parent_job_id)
-            self.bot.loop.create_task(self._repost(job, record))
+            task = asyncio.get_running_loop().create_task(self._repost(job, record))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return len(records)
 
     async def _repost(self, job: _Job, record: JobRecord) -> None:
@@ -349,10 +354,7 @@ class JobRunner:
 
 def describe_record(record: JobRecord) -> str:
     """A one-line history entry for a job."""
-    from bot.render import shorten
-    from pipeline.samplers import SAMPLERS
-
-    sampler = SAMPLERS[record.sampler].label if record.sampler in SAMPLERS else record.sampler
+    sampler = sampler_label(record.sampler)
     when = f"<t:{int(record.created_at)}:R>"
     link = f" · [message]({record.jump_url})" if record.jump_url and not record.deleted else ""
     status = "" if record.status == "done" else f" · {record.status}"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.pngmeta import PARAMETERS_KEY, png_bytes, read_parameters
 from pipeline.request import DrawRequest
-from pipeline.samplers import SAMPLERS
+from pipeline.samplers import SAMPLERS, sampler_label
 
 EMBED_COLOUR = discord.Colour(0x5B8DEF)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit
@@ -43,8 +43,7 @@ def result_embed(
     embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     if eta_applies and request.sampler in SAMPLERS and SAMPLERS[request.sampler].uses_eta:
         embed.add_field(name="Eta", value=f"{request.eta:g}")
-    sampler = SAMPLERS[request.sampler].label if request.sampler in SAMPLERS else request.sampler
-    embed.add_field(name="Sampler", value=str(sampler))
+    embed.add_field(name="Sampler", value=sampler_label(request.sampler))
     embed.add_field(name="Size", value=f"{request.width}x{request.height}")
     embed.add_field(name="Model", value=shorten(str(request.model), 200))
     credit = f"Rerolled from job #{parent_job_id} by" if parent_job_id else "Requested by"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "CompVis/ldm-text2im-large-256"
+from pipeline.engine import DEFAULT_MODEL
 
 
 class SettingsError(ValueError):

@@ -18,20 +18,19 @@ if TYPE_CHECKING:
 PAGE_SIZE = 5
 
 
+def _job_button(action: str, job_id: int, label: str, emoji: str, style: discord.ButtonStyle):
+    return discord.ui.Button(
+        label=label, emoji=emoji, style=style, custom_id=f"easel:{action}:{job_id}"
+    )
+
+
 class RerollButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:reroll:(?P<job>\d+)"
 ):
     """Same settings, new random seed; anyone may click, and the result credits the clicker."""
 
     def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Reroll",
-                emoji="🎲",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"easel:reroll:{job_id}",
-            )
-        )
+        super().__init__(_job_button("reroll", job_id, "Reroll", "🎲", discord.ButtonStyle.primary))
         self.job_id = job_id
 
     @classmethod
@@ -52,12 +51,7 @@ class DeleteButton(
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"easel:delete:{job_id}",
-            )
+            _job_button("delete", job_id, "Delete", "🗑️", discord.ButtonStyle.secondary)
         )
         self.job_id = job_id
 

@@ -8,11 +8,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.engine import DEFAULT_MODEL
 from pipeline.errors import EaselError
 from pipeline.request import MAX_SEED, DrawRequest
-from pipeline.samplers import SAMPLERS
-
-DEFAULT_MODEL = "CompVis/ldm-text2im-large-256"
+from pipeline.samplers import SAMPLERS, sampler_label
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for image, seed, path in zip(result.images, result.seeds, paths, strict=True):
         save_png(image, path, format_parameters(r, seed, eta=engine.capabilities.eta))
         print(f"{path}  seed={seed}")
-    sampler = SAMPLERS[r.sampler or ""].label
+    sampler = sampler_label(r.sampler)
     print(
         f"{r.width}x{r.height}, {r.steps} steps, {sampler}, guidance {r.guidance:g}, "
         f"model {r.model}, {result.duration_s / r.count:.2f} s per image",

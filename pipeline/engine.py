@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, int], None]
 
+DEFAULT_MODEL = "CompVis/ldm-text2im-large-256"
 MAX_STEPS = 150
 MAX_COUNT = 4
 MIN_SIDE = 64

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.request import DrawRequest
-from pipeline.samplers import SAMPLERS, get_sampler
+from pipeline.samplers import SAMPLERS, get_sampler, sampler_label
 
 PARAMETERS_KEY = "parameters"
 _NEGATIVE = "Negative prompt:"
@@ -28,7 +28,7 @@ def _quote(value: str) -> str:
 def format_parameters(request: DrawRequest, seed: int | None = None, *, eta: bool = True) -> str:
     """The ``parameters`` text for one image of ``request`` (``seed`` defaults to its first)."""
     r = request
-    sampler = SAMPLERS[r.sampler].label if r.sampler in SAMPLERS else str(r.sampler)
+    sampler = sampler_label(r.sampler)
     pairs = [
         ("Steps", str(r.steps)),
         ("Sampler", sampler),

@@ -78,6 +78,12 @@ def get_sampler(key: str) -> Sampler:
     return found
 
 
+def sampler_label(sampler_id: str | None) -> str:
+    """The name users know for a sampler id; unknown ids are shown as they are."""
+    found = SAMPLERS.get(sampler_id or "")
+    return found.label if found else str(sampler_id)
+
+
 def sampler_for_scheduler(scheduler: Any) -> Sampler | None:
     """The sampler id matching a loaded scheduler instance, if any (its default sampler)."""
     name = type(scheduler).__name__
