@@ -10,13 +10,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.errors import CoolingDown
+from bot.policy import Policy
 from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, result_embed, shorten
-from bot.store import JobRecord, Store
+from bot.store import JobNotFound, JobRecord, PurgeRecord, Store
 from bot.wordfilter import find_banned
 from pipeline.errors import NotAllowed, PromptRefused, QueueFull, UnknownJob
 from pipeline.executor import Executor, JobOutcome
@@ -119,18 +124,39 @@ class _Job:
     id: int
     delivery: Delivery
     parent_job_id: int | None
+    guild_id: int | None
 
 
 class JobRunner:
     """Starts, tracks and delivers drawing jobs."""
 
-    def __init__(self, bot: EaselBot, store: Store, engine: Any, executor: Executor) -> None:
+    def __init__(
+        self,
+        bot: EaselBot,
+        store: Store,
+        engine: Any,
+        executor: Executor,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.bot = bot
         self.store = store
         self.engine = engine
         self.executor = executor
+        # Looked up at each call: SimCord swaps time.monotonic for its virtual clock.
+        self._clock = clock or (lambda: time.monotonic())
+        # When each (server, member) last had a drawing queued, for the servers' cooldowns. In
+        # memory: after a restart nobody has to wait, which is the kind way to be wrong.
+        self._last_start: dict[tuple[int | None, int], float] = {}
         # The loop keeps only weak references to tasks: hold them until they finish.
         self._background: set[asyncio.Task[None]] = set()
+
+    async def policy(self, guild_id: int | None) -> Policy:
+        """The limits and defaults that apply in a server (DMs: the bot-wide ones)."""
+        from bot.store import GuildSettings
+
+        stored = GuildSettings() if guild_id is None else await self.store.guild_settings(guild_id)
+        return Policy.build(stored, self.engine.capabilities, self.bot.settings)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -148,8 +174,13 @@ class JobRunner:
         """
         user = interaction.user
         await self._check_banned_words(interaction, request)
+        policy = await self.policy(interaction.guild_id)
+        self._check_cooldown(interaction.guild_id, user.id, policy)
         self.engine.validate(request)  # its notes come back with the result
         request = self.engine.resolve(request)
+        policy.check(request)
+        if policy.stored.max_queued_per_user is not None:  # else the executor's own cap says it
+            policy.check_queue(await self.store.count_unfinished(interaction.guild_id, user.id))
         self.executor.check_capacity(user.id)
         await interaction.response.defer(thinking=True)
         job_id = await self.store.add_job(
@@ -165,11 +196,13 @@ class JobRunner:
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
         try:
-            self._submit(_Job(job_id, delivery, parent_job_id), request, user.id)
+            job = _Job(job_id, delivery, parent_job_id, interaction.guild_id)
+            self._submit(job, request, user.id)
         except QueueFull as exc:  # filled up while we recorded it
             await self.store.mark_cancelled(job_id)
             await delivery.final(content=str(exc))
             return job_id
+        self._last_start[(interaction.guild_id, user.id)] = self._clock()
         position = self.executor.position(job_id)
         if position:
             ahead = position - 1
@@ -179,6 +212,18 @@ class JobRunner:
                 text += " The queue is paused by the moderators; it starts when they resume it."
             await delivery.status(text)
         return job_id
+
+    def _check_cooldown(self, guild_id: int | None, user_id: int, policy: Policy) -> None:
+        last = self._last_start.get((guild_id, user_id))
+        if not policy.cooldown_s or last is None:
+            return
+        left = last + policy.cooldown_s - self._clock()
+        if left > 0:
+            wait = math.ceil(left)
+            raise CoolingDown(
+                f"This server asks members to wait {policy.cooldown_s} seconds between "
+                f"drawings; you can draw again in {wait} second{'s' if wait != 1 else ''}."
+            )
 
     async def _check_banned_words(
         self, interaction: discord.Interaction, request: DrawRequest
@@ -232,7 +277,7 @@ class JobRunner:
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
             request = replace(record.request, model=None)
             try:
-                job = _Job(record.id, delivery, record.parent_job_id)
+                job = _Job(record.id, delivery, record.parent_job_id, record.guild_id)
                 self._submit(job, request, record.user_id, enforce_caps=False)
             except Exception as exc:
                 log.exception("could not re-queue job %s", record.id)
@@ -242,7 +287,7 @@ class JobRunner:
         for record in await self.store.undelivered_jobs():
             # Drawn and stored, but the process died before posting: post from disk.
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
-            job = _Job(record.id, delivery, record.parent_job_id)
+            job = _Job(record.id, delivery, record.parent_job_id, record.guild_id)
             task = asyncio.get_running_loop().create_task(self._repost(job, record))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -251,7 +296,7 @@ class JobRunner:
     async def _repost(self, job: _Job, record: JobRecord) -> None:
         try:
             pngs = [await asyncio.to_thread(path.read_bytes) for path, _ in record.images]
-            await self.post(job, pngs, record.request, ())
+            await self.post(job, pngs, record.request, (), withheld=record.withheld)
         except Exception:
             log.exception("re-posting job %s after a restart failed", job.id)
 
@@ -259,7 +304,8 @@ class JobRunner:
 
     async def _on_progress(self, job: _Job, step: int, total: int) -> None:
         if step == 0:
-            await self.store.mark_running(job.id)
+            with contextlib.suppress(JobNotFound):  # purged while it waited: it stops soon
+                await self.store.mark_running(job.id)
             await job.delivery.status(f"Drawing job #{job.id}…")
         else:
             await job.delivery.status(f"Drawing… {step}/{total}")
@@ -275,35 +321,108 @@ class JobRunner:
                 error = outcome.error
                 await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
                 await job.delivery.final(content=f"⚠️ Job #{job.id} failed: {outcome.message}")
+        except JobNotFound:
+            log.info("job %s was purged by a moderator while it ran; nothing posted", job.id)
+            with contextlib.suppress(discord.HTTPException):
+                await job.delivery.final(content=f"Job #{job.id} was removed by a moderator.")
         except Exception:
             log.exception("delivering job %s failed", job.id)
 
     async def _deliver(self, job: _Job, result: DrawResult) -> None:
-        """Keep the images (disk, then database) before posting, so a failed post loses none."""
+        """Keep the images (disk, then database) before posting, so a failed post loses none.
+
+        Images the model's safety checker flagged are dropped before they are saved, unless the
+        server allows them here (see ``_shows_flagged``).
+        """
         request = result.request
         eta = self.engine.capabilities.eta
+        flags = result.nsfw or (False,) * len(result.images)
+        pairs = list(zip(result.images, result.seeds, strict=True))
+        flagged = sum(map(bool, flags))
+        shown_flagged = 0
+        if flagged:
+            if await self._shows_flagged(job):
+                shown_flagged = flagged
+            else:
+                pairs = [pair for pair, bad in zip(pairs, flags, strict=True) if not bad]
+        withheld = flagged - shown_flagged
         pngs = await asyncio.to_thread(
             lambda: [
-                png_bytes(image, format_parameters(request, seed, eta=eta))
-                for image, seed in zip(result.images, result.seeds, strict=True)
+                png_bytes(image, format_parameters(request, seed, eta=eta)) for image, seed in pairs
             ]
         )
+        seeds = [seed for _, seed in pairs]
         paths = [await self.store.save_image(data) for data in pngs]
-        await self.store.mark_done(
-            job.id,
-            images=list(zip(paths, result.seeds, strict=True)),
-            request=request,
-            duration_s=result.duration_s,
-        )
-        await self.post(job, pngs, request, result.notes)
+        try:
+            await self.store.mark_done(
+                job.id,
+                images=list(zip(paths, seeds, strict=True)),
+                request=request,
+                duration_s=result.duration_s,
+                withheld=withheld,
+            )
+        except JobNotFound:
+            await self.store.discard_images(paths)  # purged while it ran: keep nothing
+            raise
+        notes = result.notes
+        if shown_flagged:
+            notes = (
+                *notes,
+                f"The safety checker flagged {_count(shown_flagged, 'picture')}; shown because "
+                "this server allows that in age-restricted channels.",
+            )
+        await self.post(job, pngs, request, notes, withheld=withheld)
+
+    async def _shows_flagged(self, job: _Job) -> bool:
+        """Whether flagged images may be posted: the server allows it and the channel (or a
+        thread's parent) is age-restricted. Never in DMs. Decided at delivery, so a setting
+        changed while the job waited applies."""
+        if job.guild_id is None:
+            return False
+        if (await self.policy(job.guild_id)).nsfw != "age_restricted":
+            return False
+        return await self._age_restricted(job.delivery.channel_id)
+
+    async def _age_restricted(self, channel_id: int | None) -> bool:
+        channel = await self.bot.resolve_channel(channel_id)
+        if channel is None or getattr(channel, "guild", None) is None:
+            return False  # unknown, or a DM: never age-restricted
+        if isinstance(channel, discord.Thread):
+            # A thread is as age-restricted as the channel it lives in.
+            parent = channel.parent or await self.bot.resolve_channel(channel.parent_id)
+            return parent is not None and bool(parent.is_nsfw())
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw is not None and is_nsfw())
 
     async def post(
-        self, job: _Job, pngs: list[bytes], request: DrawRequest, notes: tuple[str, ...]
+        self,
+        job: _Job,
+        pngs: list[bytes],
+        request: DrawRequest,
+        notes: tuple[str, ...],
+        *,
+        withheld: int = 0,
     ) -> discord.Message | None:
-        """Post a finished job's images with its settings and buttons; remember the message."""
+        """Post a finished job's images with its settings and buttons; remember the message.
+
+        ``withheld`` images (flagged by the safety checker) are not among ``pngs``: the post
+        says how many.
+        """
         from bot.views import result_view
 
         delivery = job.delivery
+        if withheld:
+            total = len(pngs) + withheld
+            if pngs:
+                what = f"{withheld} of {_count(total, 'picture')}"
+            else:
+                what = "the picture" if total == 1 else f"all {total} pictures"
+            notes = (
+                f"🔞 The model's safety checker flagged {what}; "
+                f"{'they are' if withheld != 1 else 'it is'} not posted. "
+                "Try another seed or a different prompt.",
+                *notes,
+            )
         limit = delivery.upload_limit()
         uploads = []
         for i, data in enumerate(pngs):
@@ -351,6 +470,46 @@ class JobRunner:
         await self.store.mark_deleted(job_id, interaction.user.id)
         await interaction.followup.send(f"Deleted job #{job_id}.", ephemeral=True)
 
+    # -- purging -------------------------------------------------------------------------
+
+    async def purge(self, guild_id: int, user_id: int, moderator_id: int) -> PurgeRecord:
+        """Remove a member's drawings from one server: stop their jobs there, delete the posted
+        messages, then their rows and image files, with an audit row."""
+        for job_id in await self.store.unfinished_job_ids(guild_id, user_id):
+            self.executor.cancel(job_id)  # ticket = job id
+        deleted = missing = failed = 0
+        for job_id, channel_id, message_id in await self.store.posted_messages(guild_id, user_id):
+            channel = await self.bot.resolve_channel(channel_id)
+            if channel is None or not hasattr(channel, "get_partial_message"):
+                missing += 1  # the channel is gone, and its messages with it
+                continue
+            try:
+                await channel.get_partial_message(message_id).delete()
+                deleted += 1
+            except discord.NotFound:
+                missing += 1  # someone deleted it already
+            except discord.HTTPException:
+                failed += 1
+                log.warning(
+                    "purge: could not delete message %s of job %s in channel %s",
+                    message_id,
+                    job_id,
+                    channel_id,
+                    exc_info=True,
+                )
+        return await self.store.purge_user(
+            guild_id,
+            user_id,
+            moderator_id=moderator_id,
+            messages_deleted=deleted,
+            messages_missing=missing,
+            messages_failed=failed,
+        )
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
 
 def describe_record(record: JobRecord) -> str:
     """A one-line history entry for a job."""
@@ -359,7 +518,9 @@ def describe_record(record: JobRecord) -> str:
     link = f" · [message]({record.jump_url})" if record.jump_url and not record.deleted else ""
     status = "" if record.status == "done" else f" · {record.status}"
     deleted = f" · 🗑️ deleted by <@{record.deleted_by}>" if record.deleted else ""
+    withheld = f" · 🔞 {record.withheld} withheld" if record.withheld else ""
     return (
         f"**#{record.id}** {shorten(record.prompt, 60)}\n"
-        f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{status}{link}{deleted}"
+        f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{status}{link}"
+        f"{withheld}{deleted}"
     )

@@ -105,6 +105,7 @@ class JobRecord:
     parent_job_id: int | None
     deleted_at: float | None
     deleted_by: int | None
+    withheld: int = 0  # images the safety checker flagged, neither kept nor posted
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property
@@ -122,6 +123,44 @@ class JobRecord:
 
 _JOB_COLUMNS: Final = tuple(f.name for f in fields(JobRecord) if f.name != "images")
 _SELECT_JOBS: Final = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+
+NSFW_MODES: Final = ("filter", "age_restricted")
+
+
+@dataclass(frozen=True)
+class GuildSettings:
+    """A server's own limits and defaults; ``None`` means "the bot-wide default"."""
+
+    max_steps: int | None = None
+    max_side: int | None = None  # the largest width or height, in pixels
+    max_count: int | None = None
+    max_queued_per_user: int | None = None
+    cooldown_s: int | None = None  # seconds between one member's drawing starts
+    default_sampler: str | None = None
+    default_steps: int | None = None
+    nsfw: str | None = None  # one of NSFW_MODES
+
+
+_SETTINGS_COLUMNS: Final = tuple(f.name for f in fields(GuildSettings))
+
+
+@dataclass(frozen=True)
+class PurgeRecord:
+    """One /mod purge: who removed whose drawings in which server, and how much went."""
+
+    id: int
+    guild_id: int
+    moderator_id: int
+    target_user_id: int
+    purged_at: float
+    jobs: int
+    images: int
+    messages_deleted: int
+    messages_missing: int
+    messages_failed: int
+
+
+_PURGE_COLUMNS: Final = tuple(f.name for f in fields(PurgeRecord))
 
 
 @dataclass(frozen=True)
@@ -547,14 +586,18 @@ class Store:
         message_id: int | None = None,
         jump_url: str | None = None,
         duration_s: float | None = None,
+        withheld: int = 0,
     ) -> None:
         """Record a finished job's images as (path, seed) pairs.
 
         ``request`` is the resolved request (seed, size, sampler filled in): its fields replace the
         stored ones so the job can be drawn again exactly. ``duration_s`` defaults to the time
-        since ``mark_running``.
+        since ``mark_running``. ``withheld`` counts images the safety checker flagged that were
+        not kept (they are not among ``images``).
         """
-        extra: dict[str, Any] = {}
+        if withheld < 0:
+            raise ValueError("withheld must be >= 0")
+        extra: dict[str, Any] = {"withheld": withheld}
         if request is not None:
             extra |= {name: getattr(request, name) for name in REQUEST_COLUMNS}
         if message_id is not None:
@@ -646,6 +689,166 @@ class Store:
                 "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (guild_id,)
             )
         return [row["word"] for row in rows]
+
+    # ------------------------------------------------------- server settings
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """A server's settings; all ``None`` (the defaults) for a server that set nothing."""
+        async with self._transaction(write=False) as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {', '.join(_SETTINGS_COLUMNS)} FROM guild_settings WHERE guild_id = ?",
+                    (guild_id,),
+                )
+            )
+        if not rows:
+            return GuildSettings()
+        return GuildSettings(**{name: rows[0][name] for name in _SETTINGS_COLUMNS})
+
+    async def set_guild_settings(
+        self, guild_id: int, settings: GuildSettings, by_user_id: int
+    ) -> None:
+        """Replace a server's settings (validated by the caller) with ``settings``."""
+        if settings.nsfw is not None and settings.nsfw not in NSFW_MODES:
+            raise ValueError(f"nsfw must be one of {NSFW_MODES}, not {settings.nsfw!r}")
+        values = {name: getattr(settings, name) for name in _SETTINGS_COLUMNS}
+        values |= {"guild_id": guild_id, "updated_by": by_user_id, "updated_at": self._clock()}
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{name} = excluded.{name}" for name in values if name != "guild_id")
+        async with self._transaction(write=True) as db:
+            await self._write(
+                db,
+                f"INSERT INTO guild_settings ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
+                list(values.values()),
+            )
+
+    async def count_unfinished(self, guild_id: int | None, user_id: int) -> int:
+        """How many of a user's jobs in a server (None: DMs) are queued or running."""
+        where = "guild_id IS NULL" if guild_id is None else "guild_id = ?"
+        params = [] if guild_id is None else [guild_id]
+        async with self._transaction(write=False) as db:
+            return int(
+                await self._scalar(
+                    db,
+                    f"SELECT count(*) FROM jobs WHERE {where} AND user_id = ? "
+                    "AND status IN ('queued', 'running')",
+                    [*params, user_id],
+                )
+            )
+
+    # ----------------------------------------------------------------- purge
+
+    async def posted_messages(self, guild_id: int, user_id: int) -> list[tuple[int, int, int]]:
+        """(job id, channel id, message id) of a user's results still posted in a server."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT id, channel_id, message_id FROM jobs WHERE guild_id = ? AND user_id = ? "
+                "AND message_id IS NOT NULL AND channel_id IS NOT NULL AND deleted_at IS NULL "
+                "ORDER BY id",
+                (guild_id, user_id),
+            )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def unfinished_job_ids(self, guild_id: int, user_id: int) -> list[int]:
+        """Ids of a user's queued or running jobs in a server."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT id FROM jobs WHERE guild_id = ? AND user_id = ? "
+                "AND status IN ('queued', 'running') ORDER BY id",
+                (guild_id, user_id),
+            )
+        return [row[0] for row in rows]
+
+    async def purge_user(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        moderator_id: int,
+        messages_deleted: int = 0,
+        messages_missing: int = 0,
+        messages_failed: int = 0,
+    ) -> PurgeRecord:
+        """Delete a user's jobs, image rows and unshared image files in one server; audit it.
+
+        Their jobs in other servers and in DMs are untouched. Rerolls others made of these jobs
+        are kept with their parent link cleared. The audit row commits with the deletion.
+        """
+        async with self._lock:
+            # Held across the file deletions, as in forget_user.
+            async with self._transaction_unlocked(write=True) as db:
+                scope = "FROM jobs WHERE guild_id = ? AND user_id = ?"
+                paths = [
+                    row[0]
+                    for row in await db.execute_fetchall(
+                        f"SELECT i.path FROM job_images i WHERE i.job_id IN (SELECT id {scope})",
+                        (guild_id, user_id),
+                    )
+                ]
+                jobs = await self._write(db, f"DELETE {scope}", (guild_id, user_id))
+                now = self._clock()
+                cursor = await db.execute(
+                    "INSERT INTO purges (guild_id, moderator_id, target_user_id, purged_at, jobs, "
+                    "images, messages_deleted, messages_missing, messages_failed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        guild_id,
+                        moderator_id,
+                        user_id,
+                        now,
+                        jobs,
+                        len(paths),
+                        messages_deleted,
+                        messages_missing,
+                        messages_failed,
+                    ),
+                )
+                purge_id = cursor.lastrowid
+                await cursor.close()
+                orphans = await self._unreferenced(db, set(paths))
+            await asyncio.to_thread(self._unlink_images, orphans)
+        assert purge_id is not None
+        return PurgeRecord(
+            id=purge_id,
+            guild_id=guild_id,
+            moderator_id=moderator_id,
+            target_user_id=user_id,
+            purged_at=now,
+            jobs=jobs,
+            images=len(paths),
+            messages_deleted=messages_deleted,
+            messages_missing=messages_missing,
+            messages_failed=messages_failed,
+        )
+
+    async def purges(self, guild_id: int, limit: int = 10) -> list[PurgeRecord]:
+        """A server's purge audit, newest first."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {', '.join(_PURGE_COLUMNS)} FROM purges WHERE guild_id = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (guild_id, limit),
+            )
+        return [PurgeRecord(**{name: row[name] for name in _PURGE_COLUMNS}) for row in rows]
+
+    async def discard_images(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Delete saved image files that no job refers to (e.g. its job was purged meanwhile)."""
+        stored = {self._to_db_path(path) for path in paths}
+        async with self._lock:
+            async with self._transaction_unlocked(write=False) as db:
+                orphans = await self._unreferenced(db, stored)
+            await asyncio.to_thread(self._unlink_images, orphans)
+
+    async def _unreferenced(self, db: aiosqlite.Connection, stored: Iterable[str]) -> list[Path]:
+        orphans = []
+        for path in stored:
+            if not await self._scalar(
+                db, "SELECT 1 FROM job_images WHERE path = ? LIMIT 1", (path,)
+            ):
+                orphans.append(self._from_db_path(path))
+        return orphans
 
     # --------------------------------------------------------------- history
 
@@ -764,12 +967,21 @@ class Store:
                 await self._write(
                     db, "UPDATE banned_words SET added_by = 0 WHERE added_by = ?", (user_id,)
                 )
-                orphans = []
-                for stored in paths:
-                    if not await self._scalar(
-                        db, "SELECT 1 FROM job_images WHERE path = ? LIMIT 1", (stored,)
-                    ):
-                        orphans.append(self._from_db_path(stored))
+                await self._write(
+                    db,
+                    "UPDATE guild_settings SET updated_by = 0 WHERE updated_by = ?",
+                    (user_id,),
+                )
+                # The audit keeps that a purge happened, not who was involved.
+                await self._write(
+                    db, "UPDATE purges SET moderator_id = 0 WHERE moderator_id = ?", (user_id,)
+                )
+                await self._write(
+                    db,
+                    "UPDATE purges SET target_user_id = 0 WHERE target_user_id = ?",
+                    (user_id,),
+                )
+                orphans = await self._unreferenced(db, paths)
             # Files go only after the commit: a failed commit must not leave rows without files.
             await asyncio.to_thread(self._unlink_images, orphans)
         return deleted

@@ -50,16 +50,18 @@ class Draw(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
         settings = self.bot.settings
+        # Options left out take this server's defaults (its /mod settings, else the bot's).
+        policy = await self.bot.jobs.policy(interaction.guild_id)
         request = DrawRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
-            steps=steps if steps is not None else settings.default_steps,
+            steps=steps if steps is not None else policy.default_steps,
             guidance=guidance if guidance is not None else settings.default_guidance,
             eta=eta or 0.0,
-            sampler=sampler.value if sampler else None,
+            sampler=sampler.value if sampler else policy.default_sampler,
             seed=seed,
-            width=width,
-            height=height,
+            width=width or policy.default_width,
+            height=height or policy.default_height,
             count=count or 1,
         )
         await self.bot.jobs.start(interaction, request)

@@ -1,0 +1,18 @@
+"""Errors of the bot's own rules (server settings); like every ``EaselError``, their message is
+shown to the user as is, privately."""
+
+from __future__ import annotations
+
+from pipeline.errors import EaselError
+
+
+class OverServerLimit(EaselError):
+    """The request is over a limit this server's moderators set (steps, size, count, queue)."""
+
+
+class CoolingDown(EaselError):
+    """The member started a drawing too recently for this server's cooldown."""
+
+
+class InvalidSetting(EaselError):
+    """A /mod settings value the loaded model or the bot can't honour."""

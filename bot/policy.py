@@ -1,0 +1,133 @@
+"""What a server allows: its /mod settings laid over the bot-wide defaults, and the checks that
+run on every request before it is queued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.errors import InvalidSetting, OverServerLimit
+from bot.settings import Settings
+from bot.store import GuildSettings
+from pipeline.engine import Capabilities
+from pipeline.request import DrawRequest
+from pipeline.samplers import SAMPLERS, sampler_label
+
+NSFW_LABELS = {
+    "filter": "flagged images are never posted",
+    "age_restricted": "flagged images are posted in age-restricted channels only",
+}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The effective limits and defaults for one server (or for DMs, which have no settings)."""
+
+    stored: GuildSettings
+    max_steps: int
+    max_side: int
+    max_count: int
+    max_queued_per_user: int
+    cooldown_s: int
+    default_steps: int
+    # None: the model's own default (the engine fills it in).
+    default_sampler: str | None
+    default_width: int | None
+    default_height: int | None
+    nsfw: str
+
+    @classmethod
+    def build(cls, stored: GuildSettings, caps: Capabilities, settings: Settings) -> Policy:
+        max_steps = stored.max_steps or caps.max_steps
+        max_side = stored.max_side or caps.max_side
+        return cls(
+            stored=stored,
+            max_steps=max_steps,
+            max_side=max_side,
+            max_count=stored.max_count or caps.max_count,
+            max_queued_per_user=stored.max_queued_per_user or settings.max_queued_per_user,
+            cooldown_s=stored.cooldown_s or 0,
+            # A server that lowers the max steps below the bot's default must not see a request
+            # refused for an option its member left out.
+            default_steps=stored.default_steps or min(settings.default_steps, max_steps),
+            default_sampler=stored.default_sampler,
+            default_width=None if caps.default_width <= max_side else max_side,
+            default_height=None if caps.default_height <= max_side else max_side,
+            nsfw=stored.nsfw or "filter",
+        )
+
+    def check(self, request: DrawRequest) -> None:
+        """Raise ``OverServerLimit`` saying what to change if a resolved request is over a limit."""
+        if request.steps > self.max_steps:
+            raise OverServerLimit(
+                f"This server allows at most {self.max_steps} steps; "
+                f"pick {self.max_steps} or fewer."
+            )
+        for name, side in (("width", request.width), ("height", request.height)):
+            if side is not None and side > self.max_side:
+                raise OverServerLimit(
+                    f"This server allows pictures up to {self.max_side}x{self.max_side} pixels; "
+                    f"pick a {name} of {self.max_side} or less."
+                )
+        if request.count > self.max_count:
+            raise OverServerLimit(
+                f"This server allows at most {_plural(self.max_count, 'picture')} per drawing; "
+                f"ask for {self.max_count} or fewer."
+            )
+
+    def check_queue(self, mine: int) -> None:
+        """Raise ``OverServerLimit`` if a member with ``mine`` jobs waiting can't add one."""
+        if mine >= self.max_queued_per_user:
+            raise OverServerLimit(
+                f"This server allows {_plural(self.max_queued_per_user, 'drawing')} per member "
+                f"waiting or in progress, and you have {mine}. Wait for one to finish, "
+                "or use /cancel."
+            )
+
+
+def validate_settings(stored: GuildSettings, caps: Capabilities, settings: Settings) -> None:
+    """Raise ``InvalidSetting`` saying what to change if the model or the bot can't honour it."""
+    if stored.max_steps is not None and stored.max_steps > caps.max_steps:
+        raise InvalidSetting(
+            f"The bot allows at most {caps.max_steps} steps; pick a max steps of "
+            f"{caps.max_steps} or fewer."
+        )
+    if stored.max_side is not None:
+        side, multiple = stored.max_side, caps.size_multiple
+        if side % multiple:
+            lower = side - side % multiple
+            raise InvalidSetting(
+                f"The max size must be a multiple of {multiple}; "
+                f"try {lower} or {lower + multiple} instead of {side}."
+            )
+        if not caps.min_side <= side <= caps.max_side:
+            raise InvalidSetting(
+                f"The max size must be between {caps.min_side} and {caps.max_side} pixels for "
+                f"{caps.model}; got {side}."
+            )
+    if stored.max_count is not None and stored.max_count > caps.max_count:
+        raise InvalidSetting(
+            f"The model draws at most {caps.max_count} pictures at once; "
+            f"pick a max count of {caps.max_count} or fewer."
+        )
+    cap = settings.max_queued_per_user
+    if stored.max_queued_per_user is not None and stored.max_queued_per_user > cap:
+        raise InvalidSetting(
+            f"The bot allows at most {cap} drawings per member waiting across all servers; "
+            f"pick a max queued of {cap} or fewer."
+        )
+    if stored.default_sampler is not None and stored.default_sampler not in caps.samplers:
+        names = ", ".join(SAMPLERS[s].label for s in caps.samplers)
+        raise InvalidSetting(
+            f"{sampler_label(stored.default_sampler)} can't be used with {caps.model}; "
+            f"pick one of: {names}."
+        )
+    max_steps = stored.max_steps or caps.max_steps
+    if stored.default_steps is not None and stored.default_steps > max_steps:
+        raise InvalidSetting(
+            f"The default steps ({stored.default_steps}) can't be above the max steps "
+            f"({max_steps}); lower the default steps or raise the max steps."
+        )
