@@ -148,6 +148,8 @@ class JobRunner:
         # When each (server, member) last had a drawing queued, for the servers' cooldowns. In
         # memory: after a restart nobody has to wait, which is the kind way to be wrong.
         self._last_start: dict[tuple[int | None, int], float] = {}
+        # Jobs a /mod purge cancelled, so their end says why.
+        self._purged: set[int] = set()
         # The loop keeps only weak references to tasks: hold them until they finish.
         self._background: set[asyncio.Task[None]] = set()
 
@@ -315,13 +317,18 @@ class JobRunner:
             if outcome.status == "done" and outcome.result is not None:
                 await self._deliver(job, outcome.result)
             elif outcome.status == "cancelled":
-                await self.store.mark_cancelled(job.id)
-                await job.delivery.final(content=f"Job #{job.id} was cancelled.")
+                with contextlib.suppress(JobNotFound):  # a purge may have deleted it already
+                    await self.store.mark_cancelled(job.id)
+                purged = job.id in self._purged
+                self._purged.discard(job.id)
+                why = "removed by a moderator" if purged else "cancelled"
+                await job.delivery.final(content=f"Job #{job.id} was {why}.")
             else:
                 error = outcome.error
                 await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
                 await job.delivery.final(content=f"⚠️ Job #{job.id} failed: {outcome.message}")
         except JobNotFound:
+            self._purged.discard(job.id)
             log.info("job %s was purged by a moderator while it ran; nothing posted", job.id)
             with contextlib.suppress(discord.HTTPException):
                 await job.delivery.final(content=f"Job #{job.id} was removed by a moderator.")
@@ -476,6 +483,7 @@ class JobRunner:
         """Remove a member's drawings from one server: stop their jobs there, delete the posted
         messages, then their rows and image files, with an audit row."""
         for job_id in await self.store.unfinished_job_ids(guild_id, user_id):
+            self._purged.add(job_id)
             self.executor.cancel(job_id)  # ticket = job id
         deleted = missing = failed = 0
         for job_id, channel_id, message_id in await self.store.posted_messages(guild_id, user_id):
