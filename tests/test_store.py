@@ -23,6 +23,7 @@ from bot.store import (
     PNG_SIGNATURE,
     REQUEST_COLUMNS,
     DatabaseTooNew,
+    GuildSettings,
     InvalidTransition,
     JobNotFound,
     MigrationError,
@@ -559,6 +560,94 @@ async def test_forget_user_removes_rows_and_unshared_files(store: Store) -> None
     assert await store.forget_user(2) == 2
     assert not shared_path.exists()
     assert await store.forget_user(2) == 0
+
+
+# ------------------------------------------------------------- server settings, purge
+
+
+async def test_guild_settings_default_to_none_and_are_kept_per_server(
+    db_path: Path, tmp_path: Path
+) -> None:
+    async with Store(db_path, tmp_path / "data") as store:
+        assert await store.guild_settings(10) == GuildSettings()
+        mine = GuildSettings(max_steps=30, cooldown_s=5, default_sampler="ddim", nsfw="filter")
+        await store.set_guild_settings(10, mine, by_user_id=1)
+        await store.set_guild_settings(10, GuildSettings(max_steps=20), by_user_id=1)
+        await store.set_guild_settings(11, mine, by_user_id=1)
+        with pytest.raises(ValueError, match="nsfw must be one of"):
+            await store.set_guild_settings(12, GuildSettings(nsfw="sometimes"), by_user_id=1)
+    async with Store(db_path, tmp_path / "data") as store:  # reopened: still there
+        assert await store.guild_settings(10) == GuildSettings(max_steps=20)  # replaced whole
+        assert await store.guild_settings(11) == mine
+        assert await store.guild_settings(12) == GuildSettings()
+
+
+async def test_the_schema_refuses_nonsense_settings(store: Store, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO guild_settings (guild_id, max_steps, updated_by, updated_at) "
+            "VALUES (1, 0, 1, 0)"
+        )
+    conn.close()
+
+
+async def test_count_unfinished_is_per_server_and_user(store: Store) -> None:
+    await add(store, guild_id=10, user_id=1)
+    await add(store, guild_id=10, user_id=1, status="refused")
+    done = await add(store, guild_id=10, user_id=1)
+    await store.mark_done(done, images=[])
+    await add(store, guild_id=11, user_id=1)
+    await add(store, guild_id=None, user_id=1)
+    assert await store.count_unfinished(10, 1) == 1
+    assert await store.count_unfinished(None, 1) == 1
+    assert await store.count_unfinished(10, 2) == 0
+
+
+async def test_withheld_images_are_counted_on_the_job(store: Store) -> None:
+    job = await add(store)
+    kept = await store.save_image(png(b"kept"))
+    await store.mark_done(job, images=[(kept, 8)], withheld=1)
+    record = await store.get_job(job)
+    assert record is not None and record.withheld == 1 and record.images == [(kept, 8)]
+
+
+async def test_purge_user_removes_one_servers_rows_and_files_and_audits(store: Store) -> None:
+    here_only = await store.save_image(png(b"here only"))
+    shared = await store.save_image(png(b"in both servers"))
+    here = await add(store, "here", guild_id=10, user_id=1)
+    here_too = await add(store, "here too", guild_id=10, user_id=1)
+    there = await add(store, "there", guild_id=11, user_id=1)
+    other = await add(store, "someone else", guild_id=10, user_id=2, parent_job_id=here)
+    await store.mark_done(here, images=[(here_only, 1), (shared, 2)])
+    await store.set_message(here, 501, "https://discord.com/channels/10/20/501")
+    await store.mark_done(there, images=[(shared, 2)])
+    assert await store.posted_messages(10, 1) == [(here, 20, 501)]
+    assert await store.unfinished_job_ids(10, 1) == [here_too]
+
+    purge = await store.purge_user(
+        10, 1, moderator_id=9, messages_deleted=1, messages_missing=0, messages_failed=0
+    )
+
+    assert (purge.jobs, purge.images, purge.moderator_id, purge.target_user_id) == (2, 2, 9, 1)
+    assert await store.get_job(here) is None and await store.get_job(here_too) is None
+    assert not here_only.exists() and shared.exists()  # the other server's job still uses it
+    assert await store.get_job(there) is not None
+    other_record = await store.get_job(other)
+    assert other_record is not None and other_record.parent_job_id is None
+    assert await store.purges(10) == [purge] and await store.purges(11) == []
+
+    await store.forget_user(9)  # the moderator leaves: the audit stays, without their id
+    (anonymous,) = await store.purges(10)
+    assert anonymous.moderator_id == 0 and anonymous.jobs == 2
+
+
+async def test_discard_images_keeps_files_a_job_still_uses(store: Store) -> None:
+    used = await store.save_image(png(b"used"))
+    stray = await store.save_image(png(b"stray"))
+    job = await add(store)
+    await store.mark_done(job, images=[(used, 1)])
+    await store.discard_images([used, stray])
+    assert used.exists() and not stray.exists()
 
 
 # ------------------------------------------------------------------------ stats, meta
