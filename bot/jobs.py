@@ -20,8 +20,8 @@ import discord
 
 from bot.errors import CoolingDown
 from bot.policy import Policy
-from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, result_embed, shorten
-from bot.store import JobNotFound, JobRecord, PurgeRecord, Store
+from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, plural, result_embed, shorten
+from bot.store import GuildSettings, JobNotFound, JobRecord, PurgeRecord, Store
 from bot.wordfilter import find_banned
 from pipeline.errors import NotAllowed, PromptRefused, QueueFull, UnknownJob
 from pipeline.executor import Executor, JobOutcome
@@ -143,7 +143,7 @@ class JobRunner:
         self.store = store
         self.engine = engine
         self.executor = executor
-        # Looked up at each call: SimCord swaps time.monotonic for its virtual clock.
+        # time.monotonic looked up at each call, so a patched clock (SimCord's) applies.
         self._clock = clock or (lambda: time.monotonic())
         # When each (server, member) last had a drawing queued, for the servers' cooldowns. In
         # memory: after a restart nobody has to wait, which is the kind way to be wrong.
@@ -155,8 +155,6 @@ class JobRunner:
 
     async def policy(self, guild_id: int | None) -> Policy:
         """The limits and defaults that apply in a server (DMs: the bot-wide ones)."""
-        from bot.store import GuildSettings
-
         stored = GuildSettings() if guild_id is None else await self.store.guild_settings(guild_id)
         return Policy.build(stored, self.engine.capabilities, self.bot.settings)
 
@@ -375,7 +373,7 @@ class JobRunner:
         if shown_flagged:
             notes = (
                 *notes,
-                f"The safety checker flagged {_count(shown_flagged, 'picture')}; shown because "
+                f"The safety checker flagged {plural(shown_flagged, 'picture')}; shown because "
                 "this server allows that in age-restricted channels.",
             )
         await self.post(job, pngs, request, notes, withheld=withheld)
@@ -421,7 +419,7 @@ class JobRunner:
         if withheld:
             total = len(pngs) + withheld
             if pngs:
-                what = f"{withheld} of {_count(total, 'picture')}"
+                what = f"{withheld} of {plural(total, 'picture')}"
             else:
                 what = "the picture" if total == 1 else f"all {total} pictures"
             notes = (
@@ -513,10 +511,6 @@ class JobRunner:
             messages_missing=missing,
             messages_failed=failed,
         )
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def describe_record(record: JobRecord) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.errors import InvalidSetting, OverServerLimit
+from bot.render import plural
 from bot.settings import Settings
 from bot.store import GuildSettings
 from pipeline.engine import Capabilities
@@ -16,10 +17,6 @@ NSFW_LABELS = {
     "filter": "flagged images are never posted",
     "age_restricted": "flagged images are posted in age-restricted channels only",
 }
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class Policy:
                 )
         if request.count > self.max_count:
             raise OverServerLimit(
-                f"This server allows at most {_plural(self.max_count, 'picture')} per drawing; "
+                f"This server allows at most {plural(self.max_count, 'picture')} per drawing; "
                 f"ask for {self.max_count} or fewer."
             )
 
@@ -82,7 +79,7 @@ class Policy:
         """Raise ``OverServerLimit`` if a member with ``mine`` jobs waiting can't add one."""
         if mine >= self.max_queued_per_user:
             raise OverServerLimit(
-                f"This server allows {_plural(self.max_queued_per_user, 'drawing')} per member "
+                f"This server allows {plural(self.max_queued_per_user, 'drawing')} per member "
                 f"waiting or in progress, and you have {mine}. Wait for one to finish, "
                 "or use /cancel."
             )
