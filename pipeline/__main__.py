@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = (
-        "hub id, local folder, or the built-in offline tiny:sd / tiny:ldm "
+        "hub id, local folder, or a built-in offline model: tiny:shapes (trained), "
+        "tiny:sd / tiny:ldm (random weights) "
         f"(default {DEFAULT_MODEL})"
     )
 
@@ -146,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     r = result.request
     paths = _outputs(args.output, r.count)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    for image, seed, path in zip(result.images, result.seeds, paths, strict=True):
+    flags = result.nsfw or (False,) * len(result.images)
+    for image, seed, path, flagged in zip(result.images, result.seeds, paths, flags, strict=True):
+        if flagged:
+            # Same rule as the bot's default: what the safety checker flags is not kept.
+            print(f"{path}  seed={seed}  not written: the safety checker flagged it")
+            continue
         save_png(image, path, format_parameters(r, seed, eta=engine.capabilities.eta))
         print(f"{path}  seed={seed}")
     sampler = sampler_label(r.sampler)

@@ -76,7 +76,7 @@ class Engine:
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", cache_dir: Path | None = None) -> Engine:
-        """Load ``model``: a hub id, a local folder, or ``tiny:sd`` / ``tiny:ldm``.
+        """Load ``model``: a hub id, a local folder, or a built-in ``tiny:shapes|sd|ldm``.
 
         ``device="auto"`` picks CUDA (fp16) when available, else the CPU (fp32).
         """
@@ -301,17 +301,24 @@ class Engine:
         started = time.perf_counter()
         self.pipe.scheduler = scheduler
         self.pipe.progress_bar = _StepReporter.factory(on_step)
+        # The pipeline's own safety checker blacks out what it flags; the checker runs after
+        # instead, so flagged pictures keep their pixels and the caller decides where they may go.
+        checker = getattr(self.pipe, "safety_checker", None)
+        if checker is not None:
+            self.pipe.safety_checker = None
         try:
             with torch.inference_mode():
                 out = self.pipe(**kwargs)
         finally:
             self.pipe.scheduler = self._base_scheduler
             del self.pipe.progress_bar  # back to the class's method
+            if checker is not None:
+                self.pipe.safety_checker = checker
+        images = list(out.images)
+        flagged = self._check_safety(images) if checker is not None else [False] * len(images)
         elapsed = time.perf_counter() - started
 
         # 5. Collect, splitting the batch back into requests.
-        images = list(out.images)
-        flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(images)
         results, start = [], 0
         total_images = len(images)
         for r, n in zip(resolved, notes, strict=True):
@@ -328,6 +335,17 @@ class Engine:
             )
             start = end
         return results
+
+    def _check_safety(self, images: list[Any]) -> list[bool]:
+        """The model's safety checker's verdict per image, leaving the images untouched."""
+        import numpy as np
+        import torch
+
+        pixels = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+        with torch.inference_mode():
+            # It blacks out flagged entries of the array it is given: a copy, not the images.
+            _, flags = self.pipe.run_safety_checker(pixels, self.pipe.device, self.pipe.dtype)
+        return [bool(f) for f in (flags or [False] * len(images))]
 
     def _make_scheduler(self, sampler: Sampler, seeds: list[int], generators: list[Any]) -> Any:
         config = self._base_scheduler.config
@@ -412,7 +430,10 @@ def _resolve_source(model: str, cache_dir: Path | None) -> str:
         if name not in TINY_MODELS:
             choices = ", ".join(f"tiny:{n}" for n in TINY_MODELS)
             raise ModelLoadError(f"Unknown built-in model {model!r}; choose one of {choices}.")
-        return str(tiny_model_path(name, cache_dir))
+        try:
+            return str(tiny_model_path(name, cache_dir))
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"The built-in model {model} can't be loaded: {exc}.") from exc
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

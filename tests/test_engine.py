@@ -252,3 +252,56 @@ def test_bad_model_names_are_explained(model, message, model_cache):
 def test_folder_without_model_index_is_refused(tmp_path, model_cache):
     with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
         Engine.load(str(tmp_path), device="cpu", cache_dir=model_cache)
+
+
+@pytest.fixture(scope="module")
+def checked_engine(model_cache, tmp_path_factory) -> Engine:
+    """tiny:sd with diffusers' real StableDiffusionSafetyChecker, random weights (the released
+    checker can't be downloaded here); its thresholds are set by each test to flag or pass."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_path("sd", model_cache))
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    checked = StableDiffusionPipeline(
+        **{
+            k: base.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+        },
+        safety_checker=StableDiffusionSafetyChecker(config),
+        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+    )
+    folder = tmp_path_factory.mktemp("checked-sd")
+    checked.save_pretrained(folder)
+    return Engine.load(str(folder), device="cpu")
+
+
+def _set_threshold(engine: Engine, flag_everything: bool) -> None:
+    checker = engine.pipe.safety_checker
+    value = -10.0 if flag_everything else 10.0
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(value)
+        checker.special_care_embeds_weights.fill_(value)
+
+
+def test_flagged_images_keep_their_pixels_and_are_reported(checked_engine, sd_engine):
+    request = DrawRequest("a red fox", steps=4, seed=5, count=2)
+    _set_threshold(checked_engine, flag_everything=True)
+    flagged = checked_engine.run(request)
+    _set_threshold(checked_engine, flag_everything=False)
+    passed = checked_engine.run(request)
+    assert flagged.nsfw == (True, True) and passed.nsfw == (False, False)
+    # diffusers would have blacked them out; the engine leaves that call to the bot.
+    plain = sd_engine.run(request)
+    for a, b, c in zip(flagged.images, passed.images, plain.images, strict=True):
+        assert pixels(a).std() > 1
+        assert_same(a, b)
+        assert_same(a, c)
+    assert checked_engine.pipe.safety_checker is not None  # put back after the run
