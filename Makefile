@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench train-shapes clean
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
-	@if [ -f bench/executor.py ]; then $(PY) bench/executor.py; fi
+	$(PY) bench/executor.py
+	$(PY) bench/shapes_quality.py
+
+# Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
+train-shapes: $(STAMP)
+	$(PY) -m pipeline.shapes.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

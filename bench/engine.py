@@ -16,7 +16,11 @@ from pipeline.request import DrawRequest
 
 def main() -> None:
     quiet_library_logs()
-    for model, extra in (("tiny:sd", {}), ("tiny:ldm", {"eta": 0.3, "sampler": "ddim"})):
+    for model, extra in (
+        ("tiny:shapes", {}),
+        ("tiny:sd", {}),
+        ("tiny:ldm", {"eta": 0.3, "sampler": "ddim"}),
+    ):
         engine = Engine.load(model, device="auto")
         request = DrawRequest("A painting of a squirrel eating a banana", steps=50, guidance=6,
                               seed=7, **extra)  # fmt: skip

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765
-PREVIEW_MODEL = "tiny:sd"
+PREVIEW_MODEL = "tiny:shapes"
 PREVIEW_DB_PATH = Path("data/preview.sqlite3")
 PREVIEW_DATA_DIR = Path("data/preview")
 # Seconds between checks whether the bot acted on its own (a drawing finished on the GPU thread)
@@ -112,7 +112,12 @@ def describe(session: PreviewSession) -> str:
     """What the terminal shows once the page is up."""
     s = session.bot.settings
     note = ""
-    if s.model.startswith("tiny:"):
+    if s.model == "tiny:shapes":
+        note = (
+            " (a small model trained on coloured shapes: try “a large red circle in the centre, "
+            f"white background”; set MODEL, e.g. MODEL={DEFAULT_MODEL}, for a real model)"
+        )
+    elif s.model.startswith("tiny:"):
         note = (
             f" (random weights, so its pictures are noise; "
             f"set MODEL, e.g. MODEL={DEFAULT_MODEL}, to draw for real)"

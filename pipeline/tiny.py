@@ -2,7 +2,8 @@
 
 They run the real loading and sampling code of diffusers in well under a second per image on a
 CPU; their images are coloured noise. ``tiny:sd`` is a StableDiffusionPipeline, ``tiny:ldm`` an
-LDMTextToImagePipeline shaped like CompVis/ldm-text2im-large-256.
+LDMTextToImagePipeline shaped like CompVis/ldm-text2im-large-256. ``tiny:shapes`` is different:
+trained weights that ship with the code (see ``pipeline.shapes``), and it draws what it is asked.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_MODELS = ("sd", "ldm")
+TINY_MODELS = ("shapes", "sd", "ldm")
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
 _RECIPE_VERSION = 1
 _MAX_TOKENS = 77
@@ -25,9 +26,18 @@ def default_cache_dir() -> Path:
 
 
 def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
-    """The folder of tiny model ``name`` (``sd`` or ``ldm``), building it on first use."""
+    """The folder of tiny model ``name``, building a random-weight one on first use."""
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    if name == "shapes":
+        from pipeline.shapes.model import WEIGHTS_DIR
+
+        if not (WEIGHTS_DIR / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the shapes model's weights are missing from {WEIGHTS_DIR}; "
+                "run `python -m pipeline.shapes.train` to make them"
+            )
+        return WEIGHTS_DIR
     root = (cache_dir or default_cache_dir()) / "tiny"
     target = root / f"{name}-v{_RECIPE_VERSION}"
     if (target / "model_index.json").is_file():

@@ -45,7 +45,7 @@ def settings_from(environ: dict[str, str]) -> Settings:
 def test_no_token_means_the_preview_with_the_tiny_model_and_its_own_database():
     mode, s = choose(None, settings_from({}), {})
     assert mode == "preview"
-    assert s.model == PREVIEW_MODEL == "tiny:sd"
+    assert s.model == PREVIEW_MODEL == "tiny:shapes"
     assert s.db_path == Path("data/preview.sqlite3") and s.data_dir == Path("data/preview")
     assert s.discord_token is None
 
@@ -74,7 +74,7 @@ def test_a_token_means_discord_unless_the_preview_is_asked_for():
     assert choose("run", real, environ) == ("run", real)
     assert choose("sync", real, environ) == ("sync", real)
     mode, s = choose("preview", real, environ)
-    assert mode == "preview" and s.model == "tiny:sd"
+    assert mode == "preview" and s.model == "tiny:shapes"
     # Neither the token nor a dev guild may leak into the simulated Discord.
     assert s.discord_token is None and s.dev_guild_id is None
 
@@ -106,7 +106,7 @@ def test_main_without_a_token_serves_the_preview(cli_env, monkeypatch, capsys):
     monkeypatch.setattr("bot.preview.serve_preview", fake_serve)
     assert main([]) == 0
     assert main(["preview", "--port", "0"]) == 0
-    assert [(s.model, port) for s, port in calls] == [("tiny:sd", None), ("tiny:sd", 0)]
+    assert [(s.model, port) for s, port in calls] == [("tiny:shapes", None), ("tiny:shapes", 0)]
     assert main(["run"]) == 2
     assert NO_TOKEN in capsys.readouterr().err
 
@@ -119,7 +119,7 @@ def test_help_mentions_the_preview_and_its_port():
     done = subprocess.run(
         [sys.executable, "-m", "bot", "preview", "--help"], cwd=ROOT, capture_output=True, text=True
     )
-    assert done.returncode == 0 and "--port" in done.stdout and "tiny:sd" in done.stdout
+    assert done.returncode == 0 and "--port" in done.stdout and "tiny:shapes" in done.stdout
 
 
 def test_a_taken_port_is_refused_before_the_model_loads_unless_it_was_the_default(monkeypatch):
