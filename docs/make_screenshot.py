@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/make_screenshot.py        # needs Debian's `chromium` on PATH
 
-Starts the preview on a throwaway database with the tiny model, runs /draw as the member through
+Starts the preview on a throwaway database with the built-in tiny:shapes model, runs /draw as the member through
 the page's HTTP API, waits for the picture, then screenshots the page as a browser would show it.
 """
 
@@ -30,11 +30,10 @@ async def shoot(session: PreviewSession, chromium: str, profile: str) -> None:
         page = await PreviewPage(http, session.url).open(session.world.member)
         receipt = await page.run_command(
             "draw",
-            prompt="a painting of a squirrel eating a banana",
+            prompt="a large yellow star in the centre, blue background",
             seed=7,
             steps=20,
-            width=128,
-            height=128,
+            count=2,
         )
         if receipt["rejected"]:
             raise SystemExit(f"/draw was rejected: {receipt['diagnostics']}")
@@ -71,7 +70,7 @@ async def main() -> None:
         raise SystemExit("chromium is not installed (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
-            model="tiny:sd",
+            model="tiny:shapes",
             db_path=Path(tmp) / "preview.sqlite3",
             data_dir=Path(tmp) / "preview",
             device="cpu",
