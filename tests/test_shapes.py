@@ -113,16 +113,17 @@ def test_a_red_prompt_draws_redder_pictures_than_a_blue_one(shapes_engine):
 # -- the trainer ----------------------------------------------------------------------------
 
 
-def _tiny_run(tmp_path, name: str, unet_steps: int, work=None):
-    config = TrainConfig(images=8, vae_steps=3, vae_batch=4, unet_steps=unet_steps, batch=4,
-                         checkpoint_every=1, warmup=2)  # fmt: skip
-    out = tmp_path / name
-    train(config, out, work or tmp_path / f"work-{name}", progress=False, log=lambda _: None)
-    return out
+_TINY = TrainConfig(images=8, vae_steps=3, vae_batch=4, unet_steps=3, batch=4,
+                    checkpoint_every=1, warmup=2)  # fmt: skip
+
+
+def _tiny_run(out, work, stop_after=None):
+    return train(_TINY, out, work, progress=False, log=lambda _: None, stop_after=stop_after)
 
 
 def test_training_three_steps_exports_a_pipeline_that_draws(tmp_path):
-    out = _tiny_run(tmp_path, "model", 3)
+    out = tmp_path / "model"
+    assert _tiny_run(out, tmp_path / "work") is not None
     engine = Engine.load(str(out), device="cpu")
     result = engine.run(DrawRequest("a small red star on the left, blue background", steps=3,
                                     seed=1))  # fmt: skip
@@ -130,18 +131,26 @@ def test_training_three_steps_exports_a_pipeline_that_draws(tmp_path):
     assert (out / "training.json").is_file()
 
 
-def test_resumed_training_gives_the_same_weights_as_an_unbroken_run(tmp_path):
+def test_stopped_and_resumed_training_gives_the_same_weights_as_an_unbroken_run(tmp_path):
     from safetensors.torch import load_file
 
-    straight = _tiny_run(tmp_path, "straight", 3)
-    work = tmp_path / "work-resumed"
-    _tiny_run(tmp_path, "stopped", 2, work=work)
-    # The stop's settings differ only in length: carry its checkpoints over to a 3-step run.
-    (work / "config.json").unlink()
-    resumed = _tiny_run(tmp_path, "resumed", 3, work=work)
-    a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
-    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = tmp_path / "straight"
+    _tiny_run(straight, tmp_path / "work-straight")
+    resumed, work = tmp_path / "resumed", tmp_path / "work-resumed"
+    assert _tiny_run(resumed, work, stop_after=2) is None  # inside the autoencoder phase
+    assert _tiny_run(resumed, work, stop_after=3) is None  # across into the UNet phase
+    assert not resumed.exists()
+    # 2 steps are left of 6: only a run that picks up the checkpoints can finish with them.
+    assert _tiny_run(resumed, work, stop_after=2) is not None
+    for part in (
+        "unet/diffusion_pytorch_model",
+        "vae/diffusion_pytorch_model",
+        "text_encoder/model",
+    ):
+        a = load_file(straight / f"{part}.safetensors")
+        b = load_file(resumed / f"{part}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
 
 
 def test_every_sampler_follows_the_prompt(shapes_engine):

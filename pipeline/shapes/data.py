@@ -1,8 +1,11 @@
 """Procedural training pictures: one coloured shape on a plain background, with its caption.
 
 Every sample is drawn from its attributes with PIL, so the caption always matches the pixels, and
-sample ``i`` of seed ``s`` is the same picture on every machine. Some attribute combinations are
-held out of training (``HELD_OUT``), so the quality benchmark asks for pictures the model never saw.
+sample ``i`` of seed ``s`` is the same picture on every machine with the same Pillow. Some
+attribute combinations are held out of training (``HELD_OUT``), so the quality benchmark asks for
+pictures the model never saw. The trainer captions each picture afresh from its attributes in the
+four phrasings, always saying "in the centre"; the "middle" / "center" variants appear only in
+``sample``'s captions.
 """
 
 from __future__ import annotations

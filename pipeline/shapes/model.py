@@ -133,9 +133,10 @@ def build_scheduler() -> Any:
     Trained first with SD 1.x's schedule and noise prediction, the model took the background
     colour and the shape's place from the starting noise, not the prompt: SD's last step keeps
     sqrt(0.0047) = 7% of the picture, and predicting noise there costs nothing for a wrong
-    background. As Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
-    Flawed") advise, DDPM's linear schedule keeps 0.7%, and v-prediction (as SD 2.x) makes the
-    noisiest steps predict the picture itself, so the prompt has to decide it.
+    background. In the spirit of Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", who rescale to zero terminal SNR), DDPM's linear schedule keeps 0.7%, and
+    v-prediction (as SD 2.x) makes the noisiest steps predict the picture itself, so the prompt
+    has to decide it.
     """
     from diffusers import PNDMScheduler
 

@@ -103,7 +103,25 @@ def train(
     """
     import torch
 
+    # Training wants every core it is given; the caller's setting comes back afterwards.
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _train(config, out, work, progress, log, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    work: Path,
+    progress: bool,
+    log: Callable[[str], None],
+    stop_after: int | None,
+) -> dict[str, Any] | None:
+    import torch
+
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     config_file = work / "config.json"
@@ -124,8 +142,8 @@ def train(
     # Initial weights come from the global generator: seed it, or no two runs would agree.
     torch.manual_seed(config.seed)
     vae = build_vae()
-    vae_loss = _train_vae(vae, pixels, config, work / "vae.pt", progress, budget)
-    if budget.spent:
+    vae_loss, finished = _train_vae(vae, pixels, config, work / "vae.pt", progress, budget)
+    if not finished:
         log(f"stopped after {stop_after} steps; run again to resume")
         return None
 
@@ -140,11 +158,11 @@ def train(
     torch.manual_seed(config.seed + 1)
     text_encoder = build_text_encoder(len(tokenizer))
     unet = build_unet()
-    unet_loss = _train_unet(
+    unet_loss, finished = _train_unet(
         unet, text_encoder, tokenizer, latents, attributes, config, work / "unet.pt", progress,
         budget,
     )  # fmt: skip
-    if budget.spent:
+    if not finished:
         log(f"stopped after {stop_after} steps; run again to resume")
         return None
 
@@ -178,7 +196,8 @@ class _Budget:
 
 def _train_vae(
     vae: Any, pixels: Any, config: TrainConfig, ckpt: Path, progress: bool, budget: _Budget
-) -> float:
+) -> tuple[float, bool]:
+    """Train (or resume) the autoencoder; returns the running loss and whether it is done."""
     import torch
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
@@ -216,7 +235,7 @@ def _train_vae(
             _save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
     bar.close()
     vae.eval()
-    return loss_avg
+    return loss_avg, step >= config.vae_steps
 
 
 def _encode(vae: Any, pixels: Any) -> Any:
@@ -236,7 +255,8 @@ def _train_unet(
     ckpt: Path,
     progress: bool,
     budget: _Budget,
-) -> float:
+) -> tuple[float, bool]:
+    """Train (or resume) the UNet and text encoder; returns the running loss and whether done."""
     import copy
 
     import torch
@@ -316,7 +336,7 @@ def _train_unet(
     text_encoder.load_state_dict(ema_text.state_dict())
     unet.eval()
     text_encoder.eval()
-    return loss_avg
+    return loss_avg, step >= config.unet_steps
 
 
 def _export(
