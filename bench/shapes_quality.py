@@ -3,7 +3,8 @@
 A small CNN is trained in seconds on procedural pictures (pipeline.shapes.classifier). Each model
 then draws the 64 held-out captions (combinations the shapes model never saw in training) with 2
 seeds at 20 steps, at guidance 1 and 6, and the classifier reads back shape, shape colour,
-background colour, size and position. The random-weight tiny:sd is the floor: what chance looks like.
+background colour, size and position. The random-weight tiny:sd is the floor: what chance
+looks like.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     .venv/bin/python docs/make_screenshot.py        # needs Debian's `chromium` on PATH
 
-Starts the preview on a throwaway database with the built-in tiny:shapes model, runs /draw as the member through
-the page's HTTP API, waits for the picture, then screenshots the page as a browser would show it.
+Starts the preview on a throwaway database with the built-in tiny:shapes model, runs /draw as the
+member through the page's HTTP API, waits for the picture, then screenshots the page as a browser
+would show it.
 """
 
 from __future__ import annotations
