@@ -58,8 +58,9 @@ def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
     return target
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's byte-level BPE alphabet: printable bytes map to themselves, the rest above 255.
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's byte-level BPE alphabet, for tokenizers built here."""
+    # Printable bytes map to themselves, the rest to code points above 255.
     bs = list(range(ord("!"), ord("~") + 1))
     bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -76,7 +77,7 @@ def _tokenizer():
     """A CLIP tokenizer over single bytes: any text tokenizes, one token per character."""
     from transformers import CLIPTokenizer
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
     return CLIPTokenizer(
         vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=_MAX_TOKENS

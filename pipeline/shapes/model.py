@@ -9,23 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.tiny import bytes_to_unicode
+
 MAX_TOKENS = 77
 # Where the trained weights are committed; ``tiny:shapes`` names this folder.
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's byte-level BPE alphabet: printable bytes map to themselves, the rest above 255.
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def build_tokenizer(words: list[str]) -> Any:
@@ -45,7 +33,7 @@ def build_tokenizer(words: list[str]) -> Any:
 def _bpe_tokenizer(words: list[str]) -> Any:
     from transformers import CLIPTokenizer
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
     merges: list[tuple[str, str]] = []
     seen_vocab, seen_merges = set(vocab), set()
