@@ -93,18 +93,9 @@ def validate_settings(stored: GuildSettings, caps: Capabilities, settings: Setti
             f"{caps.max_steps} or fewer."
         )
     if stored.max_side is not None:
-        side, multiple = stored.max_side, caps.size_multiple
-        if side % multiple:
-            lower = side - side % multiple
-            raise InvalidSetting(
-                f"The max size must be a multiple of {multiple}; "
-                f"try {lower} or {lower + multiple} instead of {side}."
-            )
-        if not caps.min_side <= side <= caps.max_side:
-            raise InvalidSetting(
-                f"The max size must be between {caps.min_side} and {caps.max_side} pixels for "
-                f"{caps.model}; got {side}."
-            )
+        problem = caps.side_problem("The max size", stored.max_side)
+        if problem:
+            raise InvalidSetting(problem)
     if stored.max_count is not None and stored.max_count > caps.max_count:
         raise InvalidSetting(
             f"The model draws at most {caps.max_count} pictures at once; "

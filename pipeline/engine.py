@@ -55,6 +55,22 @@ class Capabilities:
     max_steps: int = MAX_STEPS
     max_count: int = MAX_COUNT
 
+    def side_problem(self, name: str, side: int) -> str | None:
+        """Why ``side`` pixels can't be a width or height (``name`` opens the message), or None."""
+        m = self.size_multiple
+        if side % m:
+            lower = side - side % m
+            return (
+                f"{name} must be a multiple of {m}; try {lower} or {lower + m} instead of {side}."
+            )
+        if not self.min_side <= side <= self.max_side:
+            return (
+                f"{name} must be between {self.min_side} and {self.max_side} pixels for "
+                f"{self.model} (it draws best at {self.default_width}x{self.default_height}); "
+                f"got {side}."
+            )
+        return None
+
 
 class Engine:
     """One loaded diffusers text-to-image pipeline and everything needed to run it exactly."""
@@ -200,20 +216,10 @@ class Engine:
         return self._prompt_notes(r)
 
     def _check_size(self, width: int, height: int) -> None:
-        caps = self.capabilities
         for name, side in (("Width", width), ("Height", height)):
-            if side % caps.size_multiple:
-                lower = side - side % caps.size_multiple
-                raise UnsupportedOption(
-                    f"{name} must be a multiple of {caps.size_multiple}; "
-                    f"try {lower} or {lower + caps.size_multiple} instead of {side}."
-                )
-            if not caps.min_side <= side <= caps.max_side:
-                raise UnsupportedOption(
-                    f"{name} must be between {caps.min_side} and {caps.max_side} pixels for "
-                    f"{self.model} (it draws best at {caps.default_width}x{caps.default_height}); "
-                    f"got {side}."
-                )
+            problem = self.capabilities.side_problem(name, side)
+            if problem:
+                raise UnsupportedOption(problem)
 
     def _check_sampler(self, sampler_id: str) -> None:
         caps = self.capabilities

@@ -190,15 +190,12 @@ def to_array(images: list[Image.Image]) -> np.ndarray:
 
 def vocabulary() -> list[str]:
     """Every word the captions use (plus a few synonyms users type), for the tokenizer."""
-    words: set[str] = set()
-    for attrs in all_attributes()[:: len(COLOUR_NAMES) * len(SIZES)] + [
-        Attributes("star", c, "black" if c != "black" else "white", s, p)
-        for c in COLOUR_NAMES
-        for s in SIZES
-        for p in POSITIONS
-    ]:
-        for phrasing in range(4):
-            words.update(attrs.caption(phrasing).replace(",", " ").split())
-    words.update(SHAPES + COLOUR_NAMES + SIZES + POSITIONS)
-    words.update(("center", "middle", "an", "and", "of", "picture", "image", "painting"))
+    words = {
+        word
+        for attrs in all_attributes()
+        for phrasing in range(4)
+        for word in attrs.caption(phrasing).replace(",", " ").split()
+    }
+    words.update(w for places in _PLACE.values() for place in places for w in place.split())
+    words.update(("and", "of", "picture", "image", "painting"))
     return sorted(words)
