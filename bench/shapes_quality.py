@@ -26,9 +26,12 @@ from pipeline.shapes.classifier import HEADS, Classifier
 REPORTED = ("shape", "colour", "background", "size", "position")
 
 
-def score(engine: Engine, classifier: Classifier, guidance: float, seeds: int, steps: int):
+def score(
+    engine: Engine, classifier: Classifier, guidance: float, seeds: int, steps: int
+) -> dict[str, float]:
     """Accuracy per attribute over every held-out caption, ``seeds`` pictures each."""
-    images, truth = [], []
+    images: list = []
+    truth: list = []
     for k, (caption, attrs) in enumerate(data.held_out_captions()):
         request = DrawRequest(caption, steps=steps, guidance=guidance, seed=1000 + k * seeds,
                               count=seeds, sampler="dpmpp_2m")  # fmt: skip
