@@ -346,6 +346,26 @@ class Store:
     ) -> list[str]:
         applied: list[str] = []
         current = int(await self._scalar(db, "PRAGMA user_version"))
+        if all(m.version <= current for m, _ in scripts):
+            return applied
+        # A migration that rebuilds a table (SQLite's way to change a column) drops the old one;
+        # with foreign keys on, that DROP would cascade into the rows that point at it. So they
+        # are off while migrations run (the pragma is a no-op inside a transaction) and checked
+        # before each commit instead, as SQLite's "making other kinds of table schema changes"
+        # procedure says.
+        await db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            return await self._migrate_unchecked(db, scripts, current)
+        finally:
+            await db.execute("PRAGMA foreign_keys = ON")
+
+    async def _migrate_unchecked(
+        self,
+        db: aiosqlite.Connection,
+        scripts: Sequence[tuple[Migration, list[str]]],
+        current: int,
+    ) -> list[str]:
+        applied: list[str] = []
         for migration, statements in scripts:
             if migration.version <= current:
                 continue
@@ -362,6 +382,12 @@ class Store:
                     continue
                 for statement in statements:
                     await db.execute(statement)
+                broken = list(await db.execute_fetchall("PRAGMA foreign_key_check"))
+                if broken:
+                    raise MigrationError(
+                        f"migration {migration.path.name} left {len(broken)} row(s) pointing "
+                        f"at missing rows (first: {tuple(broken[0])}); rolled back"
+                    )
                 # user_version lives in the database header, so it commits or rolls back with
                 # the schema change: no half-applied migration is ever recorded as done.
                 await db.execute(f"PRAGMA user_version = {migration.version}")
