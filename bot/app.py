@@ -15,8 +15,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs import JobRunner
+from bot.replies import answer_privately
 from bot.settings import Settings
-from bot.store import Store, StoreBusy
+from bot.store import EVERYWHERE, Store, StoreBusy
 from bot.views import DeleteButton, RerollButton
 from pipeline.errors import EaselError
 
@@ -43,9 +44,17 @@ class EaselBot(commands.Bot):
     engine: Any
     jobs: JobRunner
 
-    def __init__(self, settings: Settings, store: Store, *, sync_only: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        sync_only: bool = False,
+        proxy: str | None = None,
+    ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
+            proxy=proxy,  # discord.py ignores HTTPS_PROXY unless it is passed in
             intents=discord.Intents.default(),
             # Prompts are user text: "@everyone" in one must ping nobody. Deliveries allow the
             # requester explicitly.
@@ -56,6 +65,9 @@ class EaselBot(commands.Bot):
         self.settings = settings
         self.store = store
         self.sync_only = sync_only
+        # The operator: OWNER_IDS, else the application's owner (discord.py asks Discord).
+        if settings.owner_ids:
+            self.owner_ids = set(settings.owner_ids)
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -81,8 +93,16 @@ class EaselBot(commands.Bot):
             max_batch=s.max_batch,
             progress_interval=s.progress_interval,
         )
+        # Pauses survive restarts: apply them before anything is queued again.
+        for guild_id in await self.store.paused_guilds():
+            if guild_id == EVERYWHERE:
+                self.executor.pause()
+            else:
+                self.executor.pause_group(guild_id)
         self.executor.start()
-        self.jobs = JobRunner(self, self.store, self.engine, self.executor)
+        self.jobs = JobRunner(
+            self, self.store, self.engine, self.executor, max_attempts=s.max_attempts
+        )
         for cog in COGS:
             await self.load_extension(cog)
         self.add_dynamic_items(RerollButton, DeleteButton)
@@ -168,29 +188,19 @@ class EaselBot(commands.Bot):
                 exc_info=original,
             )
             message = GENERIC_ERROR
-        await self._answer_privately(interaction, message)
-
-    @staticmethod
-    async def _answer_privately(interaction: discord.Interaction, message: str) -> None:
-        try:
-            if not interaction.response.is_done():
-                await interaction.response.send_message(message, ephemeral=True)
-            elif (
-                interaction.response.type
-                == discord.InteractionResponseType.deferred_channel_message
-            ):
-                # A public "thinking…" placeholder: replace it rather than leave it spinning.
-                await interaction.edit_original_response(content=message)
-            else:
-                await interaction.followup.send(message, ephemeral=True)
-        except discord.HTTPException:
-            log.warning("could not tell the user about an error", exc_info=True)
+        await answer_privately(interaction, message)
 
 
-def create_bot(settings: Settings, *, sync_only: bool = False) -> EaselBot:
-    """Build the bot and everything it owns. Does no I/O: ``setup_hook`` opens things."""
+def create_bot(
+    settings: Settings, *, sync_only: bool = False, proxy: str | None = None
+) -> EaselBot:
+    """Build the bot and everything it owns. Does no I/O: ``setup_hook`` opens things.
+
+    ``proxy``: an HTTP proxy URL for every connection to Discord (the entry point passes
+    HTTPS_PROXY's).
+    """
     store = Store(settings.db_path, settings.data_dir)
-    return EaselBot(settings, store, sync_only=sync_only)
+    return EaselBot(settings, store, sync_only=sync_only, proxy=proxy)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -13,17 +13,20 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot.errors import CoolingDown
 from bot.policy import Policy
-from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, plural, result_embed, shorten
+from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, plural, result_embed
+from bot.replies import answer_privately
 from bot.store import GuildSettings, JobNotFound, JobRecord, PurgeRecord, Store
+from bot.text import plain
+from bot.views import result_view
 from bot.wordfilter import find_banned
-from pipeline.errors import NotAllowed, PromptRefused, QueueFull, UnknownJob
+from pipeline.errors import EaselError, PromptRefused, QueueFull
 from pipeline.executor import Executor, JobOutcome
 from pipeline.pngmeta import format_parameters, png_bytes
 from pipeline.request import DrawRequest, DrawResult, random_seed
@@ -34,12 +37,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Discord answers an edit of an expired interaction with 401/50027 (SimCord: 404/10015).
-_EXPIRED_CODES = {50027, 10015}
+# Editing the interaction's message failed, but the channel may still take a new message:
+# the token expired (Discord 50027; SimCord 10015), someone deleted the "Queued" message
+# (10008), or the bot lost access to it (50001, 50013).
+_POST_ELSEWHERE_CODES = {50027, 10015, 10008, 50001, 50013}
 
 
 class Delivery:
-    """Where a job's messages go: the interaction while its token lives, else the channel."""
+    """Where a job's messages go: the interaction while its token lives, else the channel, else
+    the requester's DMs. ``failure`` says why nothing could be posted, when that happens."""
 
     def __init__(
         self,
@@ -55,6 +61,7 @@ class Delivery:
         self.interaction = interaction
         self.lock = asyncio.Lock()
         self.finished = False
+        self.failure: str | None = None
 
     def _live(self) -> bool:
         return self.interaction is not None and not self.interaction.is_expired()
@@ -73,7 +80,8 @@ class Delivery:
                 log.debug("progress edit failed: %s", exc)
 
     async def final(self, **message: Any) -> discord.Message | None:
-        """Post the final message: edit the interaction's response, or send to the channel."""
+        """Post the final message: edit the interaction's response, or send it to the channel,
+        or to the requester by DM. None (and ``failure`` set) when all of them failed."""
         async with self.lock:
             self.finished = True
             if self._live():
@@ -86,28 +94,59 @@ class Delivery:
                         view=message.get("view"),
                     )
                 except discord.HTTPException as exc:
-                    if exc.code not in _EXPIRED_CODES:
+                    if exc.code not in _POST_ELSEWHERE_CODES:
                         raise
-                    log.info("interaction token expired; posting in the channel instead")
-            return await self._send_to_channel(**message)
+                    log.info("editing the interaction failed (%s); posting anew", exc.code)
+            sent = await self._send_to_channel(**message)
+            if sent is not None:
+                return sent
+            return await self._send_by_dm(**message)
 
     async def _send_to_channel(self, **message: Any) -> discord.Message | None:
         channel = await self.bot.resolve_channel(self.channel_id)
-        if channel is None:
-            log.warning("channel %s is gone; result not posted", self.channel_id)
+        if channel is None or not hasattr(channel, "send"):
+            self.failure = f"channel {self.channel_id} is gone"
             return None
         mention = f"<@{self.user_id}>"
         content = message.get("content")
-        return await channel.send(
-            content=f"{mention} {content}" if content else mention,
-            embed=message.get("embed"),
-            files=[u.file() for u in message.get("uploads", [])],
-            view=message.get("view"),
-            # Only the requester is pinged, whatever the prompt says.
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, users=[discord.Object(self.user_id)]
-            ),
-        )
+        try:
+            return await channel.send(
+                content=f"{mention} {content}" if content else mention,
+                embed=message.get("embed"),
+                files=[u.file() for u in message.get("uploads", [])],
+                view=message.get("view"),
+                # Only the requester is pinged, whatever the prompt says.
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, users=[discord.Object(self.user_id)]
+                ),
+            )
+        except (discord.Forbidden, discord.NotFound) as exc:
+            self.failure = f"could not post in channel {self.channel_id}: {exc.status} {exc.code}"
+            return None
+
+    async def _send_by_dm(self, **message: Any) -> discord.Message | None:
+        """The channel is gone or closed to the bot: tell the requester privately instead."""
+        try:
+            user = self.bot.get_user(self.user_id) or await self.bot.fetch_user(self.user_id)
+            where = "its channel is gone or the bot can no longer post there"
+            content = message.get("content")
+            return await user.send(
+                content=f"{content}\n-# Sent here because {where}."
+                if content
+                else f"-# Sent here because {where}.",
+                embed=message.get("embed"),
+                files=[u.file() for u in message.get("uploads", [])],
+                view=message.get("view"),
+            )
+        except discord.HTTPException as exc:
+            log.warning(
+                "job result for user %s not delivered: %s; DM failed too (%s)",
+                self.user_id,
+                self.failure,
+                exc,
+            )
+            self.failure = f"{self.failure}; DM refused: {exc.status} {exc.code}"
+            return None
 
     def upload_limit(self) -> int:
         if self.interaction is not None:
@@ -117,7 +156,7 @@ class Delivery:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
     """What the callbacks of one queued job need to finish it."""
 
@@ -125,6 +164,10 @@ class _Job:
     delivery: Delivery
     parent_job_id: int | None
     guild_id: int | None
+    user_id: int
+    request: DrawRequest
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
 
 
 class JobRunner:
@@ -138,11 +181,13 @@ class JobRunner:
         executor: Executor,
         *,
         clock: Callable[[], float] | None = None,
+        max_attempts: int = 2,
     ) -> None:
         self.bot = bot
         self.store = store
         self.engine = engine
         self.executor = executor
+        self.max_attempts = max(1, max_attempts)
         # time.monotonic looked up at each call, so a patched clock (SimCord's) applies.
         self._clock = clock or (lambda: time.monotonic())
         # When each (server, member) last had a drawing queued, for the servers' cooldowns. In
@@ -150,8 +195,17 @@ class JobRunner:
         self._last_start: dict[tuple[int | None, int], float] = {}
         # Jobs a /mod purge cancelled, so their end says why.
         self._purged: set[int] = set()
+        # Jobs submitted whose outcome has not been fully delivered yet, by id.
+        self._inflight: dict[int, _Job] = {}
+        self._inflight_changed = asyncio.Condition()
+        # Whose results must not be posted now: members being purged from a server
+        # (server, member) and users being forgotten everywhere (None, user).
+        self._withdrawn: set[tuple[int | None, int]] = set()
         # The loop keeps only weak references to tasks: hold them until they finish.
         self._background: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        # Every batch's attempt is on disk before it draws (see _record_start).
+        executor.on_start = self._record_start
 
     async def policy(self, guild_id: int | None) -> Policy:
         """The limits and defaults that apply in a server (DMs: the bot-wide ones)."""
@@ -166,22 +220,24 @@ class JobRunner:
         request: DrawRequest,
         *,
         parent_job_id: int | None = None,
-    ) -> int:
+    ) -> int | None:
         """Check, acknowledge, record and queue one request from an interaction.
 
-        Everything that can refuse the request runs before the first reply, so a refusal is an
-        ephemeral message and nothing is stored or queued.
+        Everything that can refuse the request runs before the first reply and reads only
+        memory, so the answer comes within Discord's 3 seconds whatever the database is doing.
+        A refusal is answered privately here (nothing is stored or queued, except the record
+        of a banned word for the moderators) and returns None.
         """
+        try:
+            request = await self._admit(interaction, request)
+        except PromptRefused as refusal:
+            await answer_privately(interaction, str(refusal))
+            await self._record_refused(interaction, request)
+            return None
+        except EaselError as refusal:
+            await answer_privately(interaction, str(refusal))
+            return None
         user = interaction.user
-        await self._check_banned_words(interaction, request)
-        policy = await self.policy(interaction.guild_id)
-        self._check_cooldown(interaction.guild_id, user.id, policy)
-        self.engine.validate(request)  # its notes come back with the result
-        request = self.engine.resolve(request)
-        policy.check(request)
-        if policy.stored.max_queued_per_user is not None:  # else the executor's own cap says it
-            policy.check_queue(await self.store.count_unfinished(interaction.guild_id, user.id))
-        self.executor.check_capacity(user.id)
         await interaction.response.defer(thinking=True)
         job_id = await self.store.add_job(
             request,
@@ -195,9 +251,9 @@ class JobRunner:
         delivery = Delivery(
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
+        job = _Job(job_id, delivery, parent_job_id, interaction.guild_id, user.id, request)
         try:
-            job = _Job(job_id, delivery, parent_job_id, interaction.guild_id)
-            self._submit(job, request, user.id)
+            self._submit(job, request)
         except QueueFull as exc:  # filled up while we recorded it
             await self.store.mark_cancelled(job_id)
             await delivery.final(content=str(exc))
@@ -209,9 +265,25 @@ class JobRunner:
             waiting = f"{ahead} ahead of you" if ahead else "you're next"
             text = f"Queued as job #{job_id}: {waiting}."
             if self.executor.paused:
+                text += " The bot's operator has paused drawing; it starts when they resume."
+            elif self.executor.is_paused(interaction.guild_id):
                 text += " The queue is paused by the moderators; it starts when they resume it."
             await delivery.status(text)
         return job_id
+
+    async def _admit(self, interaction: discord.Interaction, request: DrawRequest) -> DrawRequest:
+        """Every check a request must pass before it is queued; returns it resolved."""
+        user = interaction.user
+        await self._check_banned_words(interaction.guild_id, request)
+        policy = await self.policy(interaction.guild_id)
+        self._check_cooldown(interaction.guild_id, user.id, policy)
+        self.engine.validate(request)  # its notes come back with the result
+        request = self.engine.resolve(request)
+        policy.check(request)
+        if policy.stored.max_queued_per_user is not None:  # else the executor's own cap says it
+            policy.check_queue(self.executor.pending(user.id, group=interaction.guild_id))
+        self.executor.check_capacity(user.id)
+        return request
 
     def _check_cooldown(self, guild_id: int | None, user_id: int, policy: Policy) -> None:
         last = self._last_start.get((guild_id, user_id))
@@ -225,73 +297,140 @@ class JobRunner:
                 f"drawings; you can draw again in {wait} second{'s' if wait != 1 else ''}."
             )
 
-    async def _check_banned_words(
-        self, interaction: discord.Interaction, request: DrawRequest
-    ) -> None:
-        """Refuse a prompt with a banned word, keeping a record moderators can see."""
-        if interaction.guild_id is None:
+    async def _check_banned_words(self, guild_id: int | None, request: DrawRequest) -> None:
+        if guild_id is None:
             return
-        banned = await self.store.banned_words(interaction.guild_id)
+        banned = await self.store.banned_words(guild_id)
         text = f"{request.prompt}\n{request.negative_prompt}"
         if not banned or (word := find_banned(text, banned)) is None:
             return
-        await self.store.add_job(
-            request,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            user_id=interaction.user.id,
-            user_name=interaction.user.display_name,
-            status="refused",
-        )
         raise PromptRefused(
-            f"This server doesn't allow “{word}” in prompts, so nothing was drawn. "
+            f"This server doesn't allow “{plain(word)}” in prompts, so nothing was drawn. "
             "Please rephrase and try again."
         )
 
-    def _submit(
-        self, job: _Job, request: DrawRequest, user_id: int, *, enforce_caps: bool = True
-    ) -> None:
+    async def _record_refused(self, interaction: discord.Interaction, request: DrawRequest) -> None:
+        """Keep a refused prompt where moderators can see it (after the answer went out)."""
+        try:
+            await self.store.add_job(
+                request,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                user_name=interaction.user.display_name,
+                status="refused",
+            )
+        except Exception:
+            log.exception("could not record a refused prompt of user %s", interaction.user.id)
+
+    def _submit(self, job: _Job, request: DrawRequest, *, enforce_caps: bool = True) -> None:
         self.executor.submit(
             request,
-            user_id=user_id,
+            user_id=job.user_id,
             ticket=job.id,
             enforce_caps=enforce_caps,
+            group=job.guild_id,
             on_progress=functools.partial(self._on_progress, job),
             on_done=functools.partial(self._on_done, job),
         )
+        self._inflight[job.id] = job
 
     async def reroll(
         self, interaction: discord.Interaction, job_id: int, *, seed: int | None = None
-    ) -> int:
-        """Draw a past job of this server again with a new (or the given) seed."""
+    ) -> int | None:
+        """Draw a past job again with a new (or the given) seed: one's own, or one posted in a
+        channel of this server the member can read now and not deleted."""
         record = await self.store.get_job(job_id)
-        if record is None or record.guild_id != interaction.guild_id:
-            raise UnknownJob(f"There is no job #{job_id} in this server.")
+        if record is None or not await self._may_reroll(interaction, record):
+            await answer_privately(
+                interaction, f"There is no job #{job_id} here that you can reroll."
+            )
+            return None
         request = replace(record.request, seed=random_seed() if seed is None else seed, model=None)
         return await self.start(interaction, request, parent_job_id=job_id)
 
+    async def _may_reroll(self, interaction: discord.Interaction, record: JobRecord) -> bool:
+        if record.user_id == interaction.user.id:
+            return True
+        # Someone else's: it must have been posted in this server, still be there, and be in a
+        # channel this member can read right now. Direct-message jobs are their requester's.
+        if interaction.guild_id is None or record.guild_id != interaction.guild_id:
+            return False
+        if record.deleted or record.status != "done" or record.message_id is None:
+            return False
+        return await self._can_read(interaction.user, record.channel_id)
+
+    async def _can_read(self, member: Any, channel_id: int | None) -> bool:
+        channel = await self.bot.resolve_channel(channel_id)
+        if channel is None or not hasattr(channel, "permissions_for"):
+            return False
+        if not isinstance(member, discord.Member):
+            return False
+        perms = channel.permissions_for(member)
+        return bool(perms.view_channel and perms.read_message_history)
+
     async def recover(self) -> int:
-        """Queue again the jobs a crash left queued or running; results go to their channel."""
+        """Queue again the jobs a crash left queued or running; results go to their channel.
+
+        A job that was started ``max_attempts`` times without finishing is not started again:
+        it probably killed the process (the kernel's out-of-memory killer, a driver crash), and
+        would on every start. Its requester is told in its channel.
+        """
         records = await self.store.unfinished_jobs()
+        requeued = 0
         for record in records:
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
             request = replace(record.request, model=None)
+            job = _Job(
+                record.id,
+                delivery,
+                record.parent_job_id,
+                record.guild_id,
+                record.user_id,
+                request,
+            )
+            if record.attempts >= self.max_attempts:
+                self._start_background(self._give_up(job, record.attempts))
+                continue
             try:
-                job = _Job(record.id, delivery, record.parent_job_id, record.guild_id)
-                self._submit(job, request, record.user_id, enforce_caps=False)
+                self._submit(job, request, enforce_caps=False)
+                requeued += 1
             except Exception as exc:
                 log.exception("could not re-queue job %s", record.id)
                 await self.store.mark_failed(record.id, f"could not re-queue after restart: {exc}")
-        if records:
-            log.info("re-queued %d unfinished job(s) after a restart", len(records))
+        if requeued:
+            log.info("re-queued %d unfinished job(s) after a restart", requeued)
         for record in await self.store.undelivered_jobs():
             # Drawn and stored, but the process died before posting: post from disk.
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
-            job = _Job(record.id, delivery, record.parent_job_id, record.guild_id)
-            task = asyncio.get_running_loop().create_task(self._repost(job, record))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return len(records)
+            job = _Job(
+                record.id,
+                delivery,
+                record.parent_job_id,
+                record.guild_id,
+                record.user_id,
+                record.request,
+            )
+            self._start_background(self._repost(job, record))
+        return requeued
+
+    def _start_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _give_up(self, job: _Job, attempts: int) -> None:
+        reason = f"stopped after {attempts} attempts: the bot went down while drawing it each time"
+        log.warning("job %s (user %s) not restarted: %s", job.id, job.user_id, reason)
+        try:
+            await self.store.mark_failed(job.id, reason)
+            await job.delivery.final(
+                content=f"⚠️ Job #{job.id} was stopped: the bot went down {attempts} times "
+                "while drawing it, so it won't be tried again. It may be too big for this "
+                "machine; try a smaller size or fewer pictures."
+            )
+        except Exception:
+            log.exception("telling the requester of job %s that it was stopped failed", job.id)
 
     async def _repost(self, job: _Job, record: JobRecord) -> None:
         try:
@@ -302,10 +441,24 @@ class JobRunner:
 
     # -- callbacks from the executor -----------------------------------------------------
 
+    def _record_start(self, tickets: list[int]) -> None:
+        """On the worker thread, before a batch draws: count an attempt for each job and wait
+        until it is committed, so a job that takes the process down is known after a restart."""
+        future = asyncio.run_coroutine_threadsafe(self._mark_started(tickets), self._loop)
+        try:
+            future.result(timeout=10)
+        except Exception:
+            future.cancel()
+            log.warning("could not record the start of jobs %s in time", tickets, exc_info=True)
+
+    async def _mark_started(self, tickets: list[int]) -> None:
+        for ticket in tickets:
+            with contextlib.suppress(JobNotFound):  # purged while it waited: it stops soon
+                await self.store.mark_running(ticket)
+
     async def _on_progress(self, job: _Job, step: int, total: int) -> None:
         if step == 0:
-            with contextlib.suppress(JobNotFound):  # purged while it waited: it stops soon
-                await self.store.mark_running(job.id)
+            job.started_at = time.perf_counter()
             await job.delivery.status(f"Drawing job #{job.id}…")
         else:
             await job.delivery.status(f"Drawing… {step}/{total}")
@@ -317,28 +470,72 @@ class JobRunner:
             elif outcome.status == "cancelled":
                 with contextlib.suppress(JobNotFound):  # a purge may have deleted it already
                     await self.store.mark_cancelled(job.id)
-                purged = job.id in self._purged
+                purged = job.id in self._purged or self._is_withdrawn(job)
                 self._purged.discard(job.id)
                 why = "removed by a moderator" if purged else "cancelled"
-                await job.delivery.final(content=f"Job #{job.id} was {why}.")
+                if not self._is_forgotten(job):
+                    await job.delivery.final(content=f"Job #{job.id} was {why}.")
             else:
                 error = outcome.error
                 await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
                 await job.delivery.final(content=f"⚠️ Job #{job.id} failed: {outcome.message}")
         except JobNotFound:
             self._purged.discard(job.id)
-            log.info("job %s was purged by a moderator while it ran; nothing posted", job.id)
-            with contextlib.suppress(discord.HTTPException):
-                await job.delivery.final(content=f"Job #{job.id} was removed by a moderator.")
+            log.info("job %s was removed while it ran; nothing posted", job.id)
+            if not self._is_forgotten(job):
+                with contextlib.suppress(discord.HTTPException):
+                    await job.delivery.final(content=f"Job #{job.id} was removed by a moderator.")
         except Exception:
             log.exception("delivering job %s failed", job.id)
+        finally:
+            self._log_outcome(job, outcome)
+            self._inflight.pop(job.id, None)
+            async with self._inflight_changed:
+                self._inflight_changed.notify_all()
+
+    def _log_outcome(self, job: _Job, outcome: JobOutcome) -> None:
+        """One line per job for the operator's terminal."""
+        now = time.perf_counter()
+        started = job.started_at
+        waited = (started if started is not None else now) - job.queued_at
+        drew = f"{now - started:.1f}s" if started is not None else "-"
+        r = outcome.request
+        log.info(
+            "job %s %s: user %s, server %s, %d step(s) %s %sx%s x%d guidance %g, "
+            "waited %.1fs, drew %s",
+            job.id,
+            outcome.status,
+            job.user_id,
+            job.guild_id if job.guild_id is not None else "DM",
+            r.steps,
+            sampler_label(r.sampler),
+            r.width,
+            r.height,
+            r.count,
+            r.guidance,
+            waited,
+            drew,
+        )
+
+    def _is_forgotten(self, job: _Job) -> bool:
+        return (None, job.user_id) in self._withdrawn
+
+    def _is_withdrawn(self, job: _Job) -> bool:
+        """Whether this job's requester is being purged from its server or forgotten."""
+        return self._is_forgotten(job) or (
+            job.guild_id is not None and (job.guild_id, job.user_id) in self._withdrawn
+        )
 
     async def _deliver(self, job: _Job, result: DrawResult) -> None:
         """Keep the images (disk, then database) before posting, so a failed post loses none.
 
         Images the model's safety checker flagged are dropped before they are saved, unless the
-        server allows them here (see ``_shows_flagged``).
+        server allows them here (see ``_shows_flagged``). A result whose requester is being
+        purged or forgotten is dropped, never posted.
         """
+        if self._is_withdrawn(job):
+            log.info("job %s finished while its requester's data was being removed", job.id)
+            return
         request = result.request
         eta = self.engine.capabilities.eta
         flags = result.nsfw or (False,) * len(result.images)
@@ -359,6 +556,8 @@ class JobRunner:
         seeds = [seed for _, seed in pairs]
         paths = [await self.store.save_image(data) for data in pngs]
         try:
+            if self._is_withdrawn(job):
+                raise JobNotFound(f"job {job.id} is being removed")
             await self.store.mark_done(
                 job.id,
                 images=list(zip(paths, seeds, strict=True)),
@@ -366,7 +565,7 @@ class JobRunner:
                 duration_s=result.duration_s,
                 withheld=withheld,
             )
-        except JobNotFound:
+        except BaseException:
             await self.store.discard_images(paths)  # purged while it ran: keep nothing
             raise
         notes = result.notes
@@ -411,10 +610,9 @@ class JobRunner:
         """Post a finished job's images with its settings and buttons; remember the message.
 
         ``withheld`` images (flagged by the safety checker) are not among ``pngs``: the post
-        says how many.
+        says how many. When it can't be posted anywhere, the reason is recorded so that a
+        restart does not try again.
         """
-        from bot.views import result_view
-
         delivery = job.delivery
         if withheld:
             total = len(pngs) + withheld
@@ -436,6 +634,7 @@ class JobRunner:
                 await delivery.final(
                     content=f"Job #{job.id} is done, but its images are too large to upload here."
                 )
+                await self._gave_up(job, "images too large to upload, even scaled down")
                 return None
             uploads.append(upload)
         if any(u.scaled for u in uploads):
@@ -450,24 +649,53 @@ class JobRunner:
         )
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
+        if self._is_withdrawn(job):
+            return None
         message = await delivery.final(embed=embed, uploads=uploads, view=result_view(job.id))
-        if message is not None:
-            with contextlib.suppress(Exception):
-                await self.store.set_message(job.id, message.id, message.jump_url)
+        if message is None:
+            await self._gave_up(job, delivery.failure or "nowhere to post it")
+            return None
+        try:
+            await self.store.set_message(job.id, message.id, message.jump_url)
+        except JobNotFound:
+            # Purged or forgotten while it was being posted: take the post back, so nothing
+            # stays up that the bot no longer knows about.
+            log.info("job %s was removed while being posted; deleting the post", job.id)
+            with contextlib.suppress(discord.HTTPException):
+                await message.delete()
+            return None
+        except Exception:
+            log.exception("could not record where job %s was posted", job.id)
         return message
+
+    async def _gave_up(self, job: _Job, reason: str) -> None:
+        log.warning("job %s: result not posted: %s", job.id, reason)
+        with contextlib.suppress(JobNotFound):
+            await self.store.mark_undeliverable(job.id, reason)
 
     # -- deleting ------------------------------------------------------------------------
 
     async def delete(self, interaction: discord.Interaction, job_id: int) -> None:
-        """Delete a posted result: its requester or a member with Manage Messages."""
+        """Delete a posted result: its requester, or a member with Manage Messages in the
+        server it was posted in."""
         record = await self.store.get_job(job_id)
-        if record is None or record.guild_id != interaction.guild_id:
-            raise UnknownJob(f"There is no job #{job_id} in this server.")
+        if record is None:
+            await answer_privately(interaction, f"There is no job #{job_id} here.")
+            return
+        mine = interaction.user.id == record.user_id
         perms = getattr(interaction, "permissions", None)
-        if interaction.user.id != record.user_id and not (perms and perms.manage_messages):
-            raise NotAllowed(
-                "Only the person who asked for this drawing or a moderator can delete it."
+        moderator = (
+            interaction.guild_id is not None
+            and record.guild_id == interaction.guild_id
+            and perms is not None
+            and perms.manage_messages
+        )
+        if not (mine or moderator):
+            await answer_privately(
+                interaction,
+                "Only the person who asked for this drawing or a moderator can delete it.",
             )
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
             with contextlib.suppress(discord.NotFound):
@@ -475,54 +703,86 @@ class JobRunner:
         await self.store.mark_deleted(job_id, interaction.user.id)
         await interaction.followup.send(f"Deleted job #{job_id}.", ephemeral=True)
 
-    # -- purging -------------------------------------------------------------------------
+    # -- purging and forgetting ----------------------------------------------------------
+
+    async def _stop_and_wait(self, key: tuple[int | None, int], *, timeout: float = 60) -> None:
+        """Cancel the jobs ``key`` covers and wait until none of them is being delivered.
+
+        ``key`` is (server, member) for a purge, (None, user) for everywhere.
+        """
+        guild_id, user_id = key
+
+        def covered(job: _Job) -> bool:
+            return job.user_id == user_id and (guild_id is None or job.guild_id == guild_id)
+
+        for job in [j for j in self._inflight.values() if covered(j)]:
+            if guild_id is not None:
+                self._purged.add(job.id)
+            self.executor.cancel(job.id)  # ticket = job id
+
+        async def settled() -> None:
+            async with self._inflight_changed:
+                await self._inflight_changed.wait_for(
+                    lambda: not any(covered(j) for j in self._inflight.values())
+                )
+
+        try:
+            await asyncio.wait_for(settled(), timeout)
+        except TimeoutError:
+            # A step that takes longer than this (a huge picture on a CPU): its result finds
+            # the rows gone or the requester withdrawn, and is dropped or taken back then.
+            log.warning(
+                "jobs of %s still running after %ss; removing their rows anyway", key, timeout
+            )
 
     async def purge(self, guild_id: int, user_id: int, moderator_id: int) -> PurgeRecord:
-        """Remove a member's drawings from one server: stop their jobs there, delete the posted
-        messages, then their rows and image files, with an audit row."""
-        for job_id in await self.store.unfinished_job_ids(guild_id, user_id):
-            self._purged.add(job_id)
-            self.executor.cancel(job_id)  # ticket = job id
-        deleted = missing = failed = 0
-        for job_id, channel_id, message_id in await self.store.posted_messages(guild_id, user_id):
-            channel = await self.bot.resolve_channel(channel_id)
-            if channel is None or not hasattr(channel, "get_partial_message"):
-                missing += 1  # the channel is gone, and its messages with it
-                continue
-            try:
-                await channel.get_partial_message(message_id).delete()
-                deleted += 1
-            except discord.NotFound:
-                missing += 1  # someone deleted it already
-            except discord.HTTPException:
-                failed += 1
-                log.warning(
-                    "purge: could not delete message %s of job %s in channel %s",
-                    message_id,
-                    job_id,
-                    channel_id,
-                    exc_info=True,
-                )
-        return await self.store.purge_user(
-            guild_id,
-            user_id,
-            moderator_id=moderator_id,
-            messages_deleted=deleted,
-            messages_missing=missing,
-            messages_failed=failed,
-        )
+        """Remove a member's drawings from one server: stop their jobs there and drop their
+        results in flight, delete the posted messages, then their rows and image files, with an
+        audit row."""
+        key = (guild_id, user_id)
+        self._withdrawn.add(key)
+        try:
+            await self._stop_and_wait(key)
+            deleted = missing = failed = 0
+            for job_id, channel_id, message_id in await self.store.posted_messages(
+                guild_id, user_id
+            ):
+                channel = await self.bot.resolve_channel(channel_id)
+                if channel is None or not hasattr(channel, "get_partial_message"):
+                    missing += 1  # the channel is gone, and its messages with it
+                    continue
+                try:
+                    await channel.get_partial_message(message_id).delete()
+                    deleted += 1
+                except discord.NotFound:
+                    missing += 1  # someone deleted it already
+                except discord.HTTPException:
+                    failed += 1
+                    log.warning(
+                        "purge: could not delete message %s of job %s in channel %s",
+                        message_id,
+                        job_id,
+                        channel_id,
+                        exc_info=True,
+                    )
+            return await self.store.purge_user(
+                guild_id,
+                user_id,
+                moderator_id=moderator_id,
+                messages_deleted=deleted,
+                messages_missing=missing,
+                messages_failed=failed,
+            )
+        finally:
+            self._withdrawn.discard(key)
 
-
-def describe_record(record: JobRecord) -> str:
-    """A one-line history entry for a job."""
-    sampler = sampler_label(record.sampler)
-    when = f"<t:{int(record.created_at)}:R>"
-    link = f" · [message]({record.jump_url})" if record.jump_url and not record.deleted else ""
-    status = "" if record.status == "done" else f" · {record.status}"
-    deleted = f" · 🗑️ deleted by <@{record.deleted_by}>" if record.deleted else ""
-    withheld = f" · 🔞 {record.withheld} withheld" if record.withheld else ""
-    return (
-        f"**#{record.id}** {shorten(record.prompt, 60)}\n"
-        f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{status}{link}"
-        f"{withheld}{deleted}"
-    )
+    async def forget(self, user_id: int) -> int:
+        """Delete everything of a user everywhere: their jobs are stopped and results in
+        flight dropped first, so nothing of theirs is posted or stored afterwards."""
+        key = (None, user_id)
+        self._withdrawn.add(key)
+        try:
+            await self._stop_and_wait(key)
+            return await self.store.forget_user(user_id)
+        finally:
+            self._withdrawn.discard(key)

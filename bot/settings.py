@@ -25,6 +25,12 @@ class Settings:
     data_dir: Path = Path("data")
     device: str = "auto"
     max_queued_per_user: int = 3
+    # A job that was started this many times without finishing (the process died while drawing
+    # it each time) is not started again after a restart.
+    max_attempts: int = 2
+    # Discord user ids of the bot's operators (comma-separated in the environment): they may
+    # pause drawing in every server. Empty: the application's owner in the Developer Portal.
+    owner_ids: tuple[int, ...] = ()
     max_queue: int = 50
     max_batch: int = 4
     default_steps: int = 50
@@ -35,6 +41,8 @@ class Settings:
     dev_guild_id: int | None = None
     # Where the built-in tiny models are built; None means $EASEL_CACHE_DIR or ~/.cache/easel.
     model_cache_dir: Path | None = None
+    # Torch's CPU threads; None: one per physical core this process may use (pipeline/cpu.py).
+    torch_threads: int | None = None
     log_level: str = "INFO"
 
     @classmethod
@@ -65,11 +73,18 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
     try:
         if "Path" in type_name:
             return Path(raw).expanduser()
+        if type_name.startswith("tuple[int"):
+            return tuple(int(part) for part in raw.replace(" ", "").split(",") if part)
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):
             return float(raw)
     except ValueError:
-        kind = "a whole number" if type_name.startswith("int") else "a number"
+        if type_name.startswith("tuple[int"):
+            kind = "a comma-separated list of whole numbers"
+        elif type_name.startswith("int"):
+            kind = "a whole number"
+        else:
+            kind = "a number"
         raise SettingsError(f"{env} must be {kind}; got {raw!r}.") from None
     return raw

@@ -15,7 +15,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,8 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_\-]+\.sql$")
 STATUSES: Final = ("queued", "running", "done", "failed", "cancelled", "refused")
 UNFINISHED: Final = ("queued", "running")
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+# The paused table's row for the operator's pause of every server.
+EVERYWHERE: Final = 0
 
 # The DrawRequest fields, spelled out rather than derived, so that a field added to DrawRequest
 # without a migration fails a test instead of an INSERT in production.
@@ -106,6 +108,7 @@ class JobRecord:
     deleted_at: float | None
     deleted_by: int | None
     withheld: int = 0  # images the safety checker flagged, neither kept nor posted
+    delivery_failed: str | None = None  # why the bot gave up posting the result
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property
@@ -229,6 +232,68 @@ def _fold(text: Any) -> Any:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+# ------------------------------------------------------------------ prompt search
+# Tables, triggers and the reasons for them: migrations/0005_prompt_search.sql.
+
+SEARCH_WINDOW: Final = 2000  # the newest jobs in scope that a search reads directly
+_SEARCH_PAD: Final = "\x01\x01"  # 0005 indexes folded || char(1, 1)
+_J_COLUMNS: Final = ", ".join(f"j.{name}" for name in _JOB_COLUMNS)
+
+# TEMP triggers on the store's own connection, where easel_fold exists (they go when it closes):
+# its new jobs are folded and indexed by the statement that writes them. 0005's triggers list a
+# written job as pending unless it is indexed already; these take it off that list, so the
+# outcome does not depend on the order SQLite fires the two sets in.
+_SEARCH_TEMP_TRIGGERS: Final = (
+    """CREATE TEMP TRIGGER IF NOT EXISTS easel_search_insert AFTER INSERT ON main.jobs
+    BEGIN
+        DELETE FROM job_search WHERE job_id = new.id;
+        INSERT INTO job_search (job_id, folded) VALUES (new.id, easel_fold(new.prompt));
+        DELETE FROM job_search_pending WHERE job_id = new.id;
+    END""",
+    """CREATE TEMP TRIGGER IF NOT EXISTS easel_search_update AFTER UPDATE OF id, prompt
+    ON main.jobs WHEN old.id IS NOT new.id OR old.prompt IS NOT new.prompt
+    BEGIN
+        DELETE FROM job_search WHERE job_id = new.id;
+        INSERT INTO job_search (job_id, folded) VALUES (new.id, easel_fold(new.prompt));
+        DELETE FROM job_search_pending WHERE job_id = new.id;
+    END""",
+)
+
+# Index the jobs other connections wrote (run at open, in one transaction).
+_INDEX_PENDING: Final = (
+    "DELETE FROM job_search WHERE job_id IN (SELECT job_id FROM job_search_pending)",
+    "INSERT INTO job_search (job_id, folded) SELECT j.id, easel_fold(j.prompt) "
+    "FROM job_search_pending p JOIN jobs j ON j.id = p.job_id",
+    "DELETE FROM job_search_pending",
+)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One SQL source of history rows: ``FROM ... WHERE ...`` over ``jobs j``."""
+
+    sql: str
+    params: list[Any]
+    order: str = "j.id DESC"
+
+
+def _fts_phrase(text: str) -> str:
+    """``text`` as an FTS5 string: one phrase, every character literal."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _scan_part(scope: tuple[str, list[Any]], folded: str, *, indexed: bool = True) -> _Part:
+    """Jobs in ``scope`` whose folded prompt contains ``folded``, read one by one."""
+    if not indexed:
+        text = "easel_fold(j.prompt)"
+        source = "FROM jobs j"
+    else:
+        # job_search has the folded text already; a job it lacks is pending: fold it here.
+        text = "coalesce(s.folded, easel_fold(j.prompt))"
+        source = "FROM jobs j LEFT JOIN job_search s ON s.job_id = j.id"
+    return _Part(f"{source} WHERE {scope[0]} AND instr({text}, ?) > 0", [*scope[1], folded])
+
+
 class Store:
     """Owns one aiosqlite connection; every method that writes has committed when it returns.
 
@@ -259,6 +324,22 @@ class Store:
         # One connection carries one transaction at a time: without this, two coroutines'
         # statements would interleave inside each other's BEGIN ... COMMIT.
         self._lock = asyncio.Lock()
+        # Whether the schema has the prompt search index (set by open()).
+        self._search_index = False
+        # A second, read-only connection for the reads an interaction needs before its 3-second
+        # answer (a job by number): WAL readers never wait for the writer, so a long write on
+        # the main connection can't make Discord give up on the interaction.
+        self._reader: aiosqlite.Connection | None = None
+        self._reader_lock = asyncio.Lock()
+        # Server settings and banned words are read on every /draw: kept in memory, replaced
+        # whenever this store (the only writer) changes them.
+        self._settings_cache: dict[int, GuildSettings] = {}
+        self._banned_cache: dict[int, list[str]] = {}
+        # Image files saved but not yet referenced by a committed job_images row, by path
+        # (counted: two jobs may save the same bytes). Deletion skips them, and the file lock
+        # orders "is this file unreferenced? delete it" against "save this file".
+        self._pinned: dict[Path, int] = {}
+        self._files_lock = asyncio.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -300,12 +381,22 @@ class Store:
                     )
             await db.create_function("easel_fold", 1, _fold, deterministic=True)
             self.applied_migrations = await self._migrate(db, scripts)
+            self._search_index = await self._prepare_search(db)
+            reader = None
+            if str(self.db_path) != ":memory:":
+                reader = await aiosqlite.connect(
+                    self.db_path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+                )
+                reader.row_factory = aiosqlite.Row
+                await reader.execute("PRAGMA query_only = ON")
+                await reader.create_function("easel_fold", 1, _fold, deterministic=True)
         except BaseException as e:
             await db.close()
             if isinstance(e, sqlite3.Error):
                 raise StoreError(f"cannot open the database {self.db_path}: {e}") from e
             raise
         self._db = db
+        self._reader = reader
 
     async def close(self) -> None:
         """Close the connection (waiting for the operation in progress); a no-op if not open."""
@@ -313,6 +404,10 @@ class Store:
             db, self._db = self._db, None
             if db is not None:
                 await db.close()
+        async with self._reader_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                await reader.close()
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -544,6 +639,9 @@ class Store:
                     for idx, (path, seed) in enumerate(images)
                 ],
             )
+        # Committed: the rows now guard these files (no await since the commit, so no deletion
+        # ran in between).
+        self.release_images(path for path, _ in images)
 
     # ------------------------------------------------------------------ jobs
 
@@ -661,10 +759,36 @@ class Store:
             )
 
     async def get_job(self, job_id: int) -> JobRecord | None:
-        async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(f"{_SELECT_JOBS} WHERE id = ?", (job_id,))
-            records = await self._records(db, rows)
+        """One job by number, read on the reader connection: never waits for a write."""
+        if self._reader is None:
+            async with self._transaction(write=False) as db:
+                rows = await db.execute_fetchall(f"{_SELECT_JOBS} WHERE id = ?", (job_id,))
+                records = await self._records(db, rows)
+            return records[0] if records else None
+        async with self._reader_lock:
+            reader = self._reader
+            if reader is None:
+                raise StoreError("the store is not open: await store.open() first")
+            try:
+                await reader.execute("BEGIN")
+                try:
+                    rows = await reader.execute_fetchall(f"{_SELECT_JOBS} WHERE id = ?", (job_id,))
+                    records = await self._records(reader, rows)
+                finally:
+                    await self._rollback(reader)
+            except sqlite3.Error as e:
+                raise self._translate(e) from e
         return records[0] if records else None
+
+    async def mark_undeliverable(self, job_id: int, reason: str) -> None:
+        """Record that a drawn result could not be posted anywhere, and why; it is not tried
+        again after a restart."""
+        async with self._transaction(write=True) as db:
+            changed = await self._write(
+                db, "UPDATE jobs SET delivery_failed = ? WHERE id = ?", (reason, job_id)
+            )
+            if not changed:
+                raise JobNotFound(f"job {job_id} does not exist")
 
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs left ``queued`` or ``running`` (e.g. by a crash), oldest first."""
@@ -683,7 +807,8 @@ class Store:
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
                 f"{_SELECT_JOBS} WHERE status = 'done' AND message_id IS NULL "
-                "AND deleted_at IS NULL AND channel_id IS NOT NULL AND finished_at >= ? "
+                "AND deleted_at IS NULL AND delivery_failed IS NULL AND channel_id IS NOT NULL "
+                "AND finished_at >= ? "
                 "ORDER BY id",
                 (since,),
             )
@@ -700,6 +825,7 @@ class Store:
                 "VALUES (?, ?, ?, ?)",
                 (guild_id, word, by_user_id, self._clock()),
             )
+        self._banned_cache.pop(guild_id, None)
         return bool(changed)
 
     async def remove_banned_word(self, guild_id: int, word: str) -> bool:
@@ -707,19 +833,36 @@ class Store:
             changed = await self._write(
                 db, "DELETE FROM banned_words WHERE guild_id = ? AND word = ?", (guild_id, word)
             )
+        self._banned_cache.pop(guild_id, None)
         return bool(changed)
 
     async def banned_words(self, guild_id: int) -> list[str]:
+        """A server's banned words (from memory after the first read)."""
+        cached = self._banned_cache.get(guild_id)
+        if cached is not None:
+            return list(cached)
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
                 "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (guild_id,)
             )
-        return [row["word"] for row in rows]
+        words = [row["word"] for row in rows]
+        self._banned_cache[guild_id] = words
+        return list(words)
 
     # ------------------------------------------------------- server settings
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
-        """A server's settings; all ``None`` (the defaults) for a server that set nothing."""
+        """A server's settings; all ``None`` (the defaults) for a server that set nothing.
+
+        From memory after the first read."""
+        cached = self._settings_cache.get(guild_id)
+        if cached is not None:
+            return cached
+        settings = await self._read_guild_settings(guild_id)
+        self._settings_cache[guild_id] = settings
+        return settings
+
+    async def _read_guild_settings(self, guild_id: int) -> GuildSettings:
         async with self._transaction(write=False) as db:
             rows = list(
                 await db.execute_fetchall(
@@ -749,6 +892,28 @@ class Store:
                 f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
                 list(values.values()),
             )
+        self._settings_cache[guild_id] = settings
+
+    # --------------------------------------------------------------- pausing
+
+    async def set_paused(self, guild_id: int, paused: bool, by_user_id: int) -> None:
+        """Pause or resume one server (``guild_id`` 0: the operator's pause of everything)."""
+        async with self._transaction(write=True) as db:
+            if paused:
+                await self._write(
+                    db,
+                    "INSERT INTO paused (guild_id, paused_by, paused_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (guild_id) DO NOTHING",
+                    (guild_id, by_user_id, self._clock()),
+                )
+            else:
+                await self._write(db, "DELETE FROM paused WHERE guild_id = ?", (guild_id,))
+
+    async def paused_guilds(self) -> list[int]:
+        """The servers paused by their moderators; 0 stands for the operator's pause."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall("SELECT guild_id FROM paused ORDER BY guild_id")
+        return [row[0] for row in rows]
 
     async def count_unfinished(self, guild_id: int | None, user_id: int) -> int:
         """How many of a user's jobs in a server (None: DMs) are queued or running."""
@@ -802,39 +967,36 @@ class Store:
         Their jobs in other servers and in DMs are untouched. Rerolls others made of these jobs
         are kept with their parent link cleared. The audit row commits with the deletion.
         """
-        async with self._lock:
-            # Held across the file deletions, as in forget_user.
-            async with self._transaction_unlocked(write=True) as db:
-                scope = "FROM jobs WHERE guild_id = ? AND user_id = ?"
-                paths = [
-                    row[0]
-                    for row in await db.execute_fetchall(
-                        f"SELECT i.path FROM job_images i WHERE i.job_id IN (SELECT id {scope})",
-                        (guild_id, user_id),
-                    )
-                ]
-                jobs = await self._write(db, f"DELETE {scope}", (guild_id, user_id))
-                now = self._clock()
-                cursor = await db.execute(
-                    "INSERT INTO purges (guild_id, moderator_id, target_user_id, purged_at, jobs, "
-                    "images, messages_deleted, messages_missing, messages_failed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        guild_id,
-                        moderator_id,
-                        user_id,
-                        now,
-                        jobs,
-                        len(paths),
-                        messages_deleted,
-                        messages_missing,
-                        messages_failed,
-                    ),
+        async with self._transaction(write=True) as db:
+            scope = "FROM jobs WHERE guild_id = ? AND user_id = ?"
+            paths = [
+                row[0]
+                for row in await db.execute_fetchall(
+                    f"SELECT i.path FROM job_images i WHERE i.job_id IN (SELECT id {scope})",
+                    (guild_id, user_id),
                 )
-                purge_id = cursor.lastrowid
-                await cursor.close()
-                orphans = await self._unreferenced(db, set(paths))
-            await asyncio.to_thread(self._unlink_images, orphans)
+            ]
+            jobs = await self._write(db, f"DELETE {scope}", (guild_id, user_id))
+            now = self._clock()
+            cursor = await db.execute(
+                "INSERT INTO purges (guild_id, moderator_id, target_user_id, purged_at, jobs, "
+                "images, messages_deleted, messages_missing, messages_failed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    guild_id,
+                    moderator_id,
+                    user_id,
+                    now,
+                    jobs,
+                    len(paths),
+                    messages_deleted,
+                    messages_missing,
+                    messages_failed,
+                ),
+            )
+            purge_id = cursor.lastrowid
+            await cursor.close()
+        await self._delete_files(paths)
         assert purge_id is not None
         return PurgeRecord(
             id=purge_id,
@@ -860,11 +1022,38 @@ class Store:
         return [PurgeRecord(**{name: row[name] for name in _PURGE_COLUMNS}) for row in rows]
 
     async def discard_images(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        """Delete saved image files that no job refers to (e.g. its job was purged meanwhile)."""
-        stored = {self._to_db_path(path) for path in paths}
-        async with self._lock:
-            async with self._transaction_unlocked(write=False) as db:
+        """Give up images saved for a job that won't keep them (e.g. it was purged meanwhile):
+        unpinned, and deleted unless a job refers to them."""
+        paths = list(paths)
+        self.release_images(paths)
+        await self._delete_files(self._to_db_path(path) for path in paths)
+
+    def release_images(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Unpin images ``save_image`` returned (their rows are committed, or they are given
+        up); unpinned files with no row may be deleted."""
+        for path in paths:
+            key = Path(path).absolute()
+            left = self._pinned.get(key, 0) - 1
+            if left > 0:
+                self._pinned[key] = left
+            else:
+                self._pinned.pop(key, None)
+
+    async def _delete_files(self, stored: Iterable[str]) -> None:
+        """Delete the image files among ``stored`` (database paths) that no job refers to.
+
+        Runs after the rows went, outside the database lock: unlinking thousands of files must
+        not hold up the reads and writes that interactions wait on. The file lock keeps a
+        ``save_image`` of the same bytes from interleaving with the check and the unlink, and
+        files saved but not yet committed (pinned) are left alone.
+        """
+        stored = set(stored)
+        if not stored:
+            return
+        async with self._files_lock:
+            async with self._transaction(write=False) as db:
                 orphans = await self._unreferenced(db, stored)
+            orphans = [p for p in orphans if p.absolute() not in self._pinned]
             await asyncio.to_thread(self._unlink_images, orphans)
 
     async def _unreferenced(self, db: aiosqlite.Connection, stored: Iterable[str]) -> list[Path]:
@@ -877,24 +1066,142 @@ class Store:
         return orphans
 
     # --------------------------------------------------------------- history
+    #
+    # A search matches the jobs whose easel_fold(prompt) contains easel_fold(query): plain text,
+    # case- and width-insensitive; %, _, quotes and backslashes are characters, not patterns or
+    # SQL (every text is a bound value). migrations/0005_prompt_search.sql keeps the folded
+    # prompts in job_search and a trigram index of them in job_search_fts. A search reads the
+    # newest SEARCH_WINDOW jobs in scope directly (a common word fills its page there), then asks
+    # the index about the older ones.
+
+    async def _prepare_search(self, db: aiosqlite.Connection) -> bool:
+        """Index this connection's job writes as they happen; index what others left pending.
+
+        Returns False when the schema has no search index (a migrations folder without 0005):
+        search then scans, as before it.
+        """
+        if not await self._scalar(
+            db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_search_fts'"
+        ):
+            return False
+        for statement in _SEARCH_TEMP_TRIGGERS:
+            await db.execute(statement)
+        if await self._scalar(db, "SELECT 1 FROM job_search_pending LIMIT 1"):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _INDEX_PENDING:
+                    await db.execute(statement)
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback(db)
+                raise
+        return True
 
     @staticmethod
-    def _history_filter(
-        guild_id: int | None, user_id: int | None, query: str | None
+    def _scope(
+        guild_id: int | None,
+        user_id: int | None,
+        *,
+        below: int | None = None,
+        from_id: int | None = None,
+        id_column: str = "j.id",
     ) -> tuple[str, list[Any]]:
-        if guild_id is None:
-            clauses, params = ["guild_id IS NULL"], []
-        else:
-            clauses, params = ["guild_id = ?"], [guild_id]
-        if user_id is not None:
-            clauses.append("user_id = ?")
-            params.append(user_id)
-        if query:
-            # instr() on a folded copy: the search text is a bound value compared literally, so
-            # %, _, quotes and backslashes in it are plain characters, not patterns or SQL.
-            clauses.append("instr(easel_fold(prompt), ?) > 0")
-            params.append(_fold(query))
+        """WHERE clauses on ``jobs j``: a server (None: DMs), maybe a user, an id range."""
+        clauses = ["j.guild_id IS NULL" if guild_id is None else "j.guild_id = ?"]
+        params: list[Any] = [] if guild_id is None else [guild_id]
+        for clause, value in (
+            ("j.user_id = ?", user_id),
+            (f"{id_column} < ?", below),
+            (f"{id_column} >= ?", from_id),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
         return " AND ".join(clauses), params
+
+    async def _history_tiers(
+        self,
+        db: aiosqlite.Connection,
+        guild_id: int | None,
+        user_id: int | None,
+        query: str | None,
+        before: int | None,
+    ) -> AsyncIterator[list[_Part]]:
+        """The SQL that finds a history listing's jobs, in tiers, newest first.
+
+        Every id in a tier is above every id in the next one; the parts of a tier are disjoint
+        but interleave. Later tiers are built only if the caller asks for them.
+        """
+        scope = self._scope(guild_id, user_id, below=before)
+        if not query:
+            yield [_Part(f"FROM jobs j WHERE {scope[0]}", scope[1])]
+            return
+        folded = _fold(query)
+        if not self._search_index:
+            yield [_scan_part(scope, folded, indexed=False)]
+            return
+        floor = None
+        if folded and "\x00" not in folded and _SEARCH_PAD[0] not in folded:
+            # The oldest id of the window: the SEARCH_WINDOW-th newest job in scope.
+            floor = await self._scalar(
+                db,
+                f"SELECT j.id FROM jobs j WHERE {scope[0]} ORDER BY j.id DESC LIMIT 1 OFFSET ?",
+                [*scope[1], SEARCH_WINDOW - 1],
+            )
+        window = self._scope(guild_id, user_id, below=before, from_id=floor)
+        yield [_scan_part(window, folded)]
+        if floor is None:  # the window was the whole scope, or the index can't answer
+            return
+        older = self._scope(guild_id, user_id, below=floor)
+        match = await self._match_expression(db, folded)
+        if match is None:
+            yield [_scan_part(older, folded)]
+            return
+        parts = [
+            # Jobs another connection wrote are not in the index yet: read them directly.
+            _Part(
+                f"FROM job_search_pending p CROSS JOIN jobs j ON j.id = p.job_id "
+                f"WHERE {older[0]} AND instr(easel_fold(j.prompt), ?) > 0",
+                [*older[1], folded],
+            )
+        ]
+        if match:
+            indexed = self._scope(guild_id, user_id, below=floor, id_column="f.rowid")
+            # CROSS JOIN keeps the index outside: it hands out matches newest first, so a page
+            # stops reading as soon as it is full.
+            parts.append(
+                _Part(
+                    "FROM job_search_fts f CROSS JOIN jobs j ON j.id = f.rowid "
+                    f"WHERE job_search_fts MATCH ? AND {indexed[0]} "
+                    "AND f.rowid NOT IN (SELECT job_id FROM job_search_pending)",
+                    [match, *indexed[1]],
+                    order="f.rowid DESC",
+                )
+            )
+        yield parts
+
+    async def _match_expression(self, db: aiosqlite.Connection, folded: str) -> str | None:
+        """An FTS5 query for the indexed texts that contain ``folded``.
+
+        '' when none can, None when the index can't express it (read those jobs instead).
+        """
+        if len(folded) >= 3:
+            # A quoted phrase of trigrams at consecutive positions: exactly a substring.
+            return _fts_phrase(folded)
+        # 1 or 2 characters: the trigrams that start with them (the padding gives every
+        # character of a text one).
+        highest = folded + "\U0010ffff" * (3 - len(folded))
+        terms = [
+            row[0]
+            for row in await db.execute_fetchall(
+                "SELECT term FROM job_search_terms WHERE term >= ? AND term <= ?",
+                (folded, highest),
+            )
+            if row[0].startswith(folded)
+        ]
+        if any("\x00" in term for term in terms):
+            return None
+        return " OR ".join(_fts_phrase(term) for term in terms)
 
     async def history(
         self,
@@ -908,26 +1215,60 @@ class Store:
 
         ``user_id`` narrows to one requester, ``query`` to prompts containing it (case-insensitive
         plain text), ``before`` to ids below it: pass the last id of a page to get the next one.
+        Ask for one more than a page to learn whether there is a next page.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        where, params = self._history_filter(guild_id, user_id, query)
-        if before is not None:
-            where += " AND id < ?"
-            params.append(before)
         async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(
-                f"{_SELECT_JOBS} WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit]
-            )
+            rows: list[Any] = []
+            async with aclosing(self._history_tiers(db, guild_id, user_id, query, before)) as tiers:
+                async for tier in tiers:
+                    wanted = limit - len(rows)
+                    found = []
+                    for part in tier:
+                        found += await db.execute_fetchall(
+                            f"SELECT {_J_COLUMNS} {part.sql} ORDER BY {part.order} LIMIT ?",
+                            [*part.params, wanted],
+                        )
+                    found.sort(key=lambda row: row["id"], reverse=True)
+                    rows += found[:wanted]
+                    if len(rows) >= limit:
+                        break
             return await self._records(db, rows)
 
     async def count_history(
-        self, guild_id: int | None, user_id: int | None = None, query: str | None = None
+        self,
+        guild_id: int | None,
+        user_id: int | None = None,
+        query: str | None = None,
+        *,
+        at_most: int | None = None,
     ) -> int:
-        """How many jobs ``history`` would page through with the same filters."""
-        where, params = self._history_filter(guild_id, user_id, query)
-        async with self._transaction(write=False) as db:
-            return int(await self._scalar(db, f"SELECT count(*) FROM jobs WHERE {where}", params))
+        """How many jobs ``history`` would page through with the same filters.
+
+        With ``at_most``, counting stops there (the answer is min(count, at_most)): a search for a
+        common word in a busy server has hundreds of thousands of matches, and counting them all
+        takes as long as reading them.
+        """
+        if at_most is not None and at_most < 0:
+            raise ValueError("at_most must be >= 0")
+        total = 0
+        async with (
+            self._transaction(write=False) as db,
+            aclosing(self._history_tiers(db, guild_id, user_id, query, None)) as tiers,
+        ):
+            async for tier in tiers:
+                for part in tier:
+                    if at_most is not None and total >= at_most:
+                        return total
+                    total += int(
+                        await self._scalar(
+                            db,
+                            f"SELECT count(*) FROM (SELECT 1 {part.sql} LIMIT ?)",
+                            [*part.params, -1 if at_most is None else at_most - total],
+                        )
+                    )
+        return total
 
     async def stats(self, guild_id: int | None = None) -> dict[str, Any]:
         """Totals for one guild, or for everything when ``guild_id`` is None.
@@ -971,45 +1312,41 @@ class Store:
         Returns the number of jobs deleted. Rerolls others made of this user's jobs are kept with
         their parent link cleared; this user's id is also erased from ``deleted_by``.
         """
-        async with self._lock:
-            # Held across the file deletions too, so no job of this store can start referring
-            # to a file between the check "unreferenced" and the unlink.
-            async with self._transaction_unlocked(write=True) as db:
-                paths = [
-                    row[0]
-                    for row in await db.execute_fetchall(
-                        "SELECT DISTINCT i.path FROM job_images i JOIN jobs j ON j.id = i.job_id "
-                        "WHERE j.user_id = ?",
-                        (user_id,),
-                    )
-                ]
-                # job_images rows go with their jobs (ON DELETE CASCADE), children's
-                # parent_job_id becomes NULL (ON DELETE SET NULL).
-                deleted = await self._write(db, "DELETE FROM jobs WHERE user_id = ?", (user_id,))
-                await self._write(
-                    db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
-                )
-                # A moderator who leaves keeps their server's bans, not their name on them.
-                await self._write(
-                    db, "UPDATE banned_words SET added_by = 0 WHERE added_by = ?", (user_id,)
-                )
-                await self._write(
-                    db,
-                    "UPDATE guild_settings SET updated_by = 0 WHERE updated_by = ?",
+        async with self._transaction(write=True) as db:
+            paths = [
+                row[0]
+                for row in await db.execute_fetchall(
+                    "SELECT DISTINCT i.path FROM job_images i JOIN jobs j ON j.id = i.job_id "
+                    "WHERE j.user_id = ?",
                     (user_id,),
                 )
-                # The audit keeps that a purge happened, not who was involved.
-                await self._write(
-                    db, "UPDATE purges SET moderator_id = 0 WHERE moderator_id = ?", (user_id,)
-                )
-                await self._write(
-                    db,
-                    "UPDATE purges SET target_user_id = 0 WHERE target_user_id = ?",
-                    (user_id,),
-                )
-                orphans = await self._unreferenced(db, paths)
-            # Files go only after the commit: a failed commit must not leave rows without files.
-            await asyncio.to_thread(self._unlink_images, orphans)
+            ]
+            # job_images rows go with their jobs (ON DELETE CASCADE), children's
+            # parent_job_id becomes NULL (ON DELETE SET NULL).
+            deleted = await self._write(db, "DELETE FROM jobs WHERE user_id = ?", (user_id,))
+            await self._write(
+                db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
+            )
+            # A moderator who leaves keeps their server's bans, not their name on them.
+            await self._write(
+                db, "UPDATE banned_words SET added_by = 0 WHERE added_by = ?", (user_id,)
+            )
+            await self._write(
+                db,
+                "UPDATE guild_settings SET updated_by = 0 WHERE updated_by = ?",
+                (user_id,),
+            )
+            # The audit keeps that a purge happened, not who was involved.
+            await self._write(
+                db, "UPDATE purges SET moderator_id = 0 WHERE moderator_id = ?", (user_id,)
+            )
+            await self._write(
+                db,
+                "UPDATE purges SET target_user_id = 0 WHERE target_user_id = ?",
+                (user_id,),
+            )
+        # Files go only after the commit: a failed commit must not leave rows without files.
+        await self._delete_files(paths)
         return deleted
 
     def _unlink_images(self, paths: Iterable[Path]) -> None:
@@ -1027,7 +1364,13 @@ class Store:
         """Write a PNG under ``images/`` named by its SHA-256 (atomically); return its path."""
         if not png_bytes.startswith(PNG_SIGNATURE):
             raise ValueError("save_image expects PNG bytes")
-        return await asyncio.to_thread(self._write_image, bytes(png_bytes))
+        async with self._files_lock:
+            path = await asyncio.to_thread(self._write_image, bytes(png_bytes))
+            # Pinned until the job's row is committed (mark_done) or it is given up
+            # (discard_images, release_images): no deletion takes it from under the job.
+            key = path.absolute()
+            self._pinned[key] = self._pinned.get(key, 0) + 1
+        return path
 
     def _write_image(self, data: bytes) -> Path:
         digest = hashlib.sha256(data).hexdigest()

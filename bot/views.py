@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.jobs import describe_record
+from bot.listing import describe_record
 from bot.render import EMBED_COLOUR
 from bot.store import JobRecord
 

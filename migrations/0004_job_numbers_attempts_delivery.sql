@@ -67,3 +67,11 @@ CREATE INDEX jobs_guild_user_id ON jobs (guild_id, user_id, id DESC);
 CREATE INDEX jobs_user ON jobs (user_id);
 CREATE INDEX jobs_unfinished ON jobs (id) WHERE status IN ('queued', 'running');
 CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+
+-- /mod pause is per server (a public bot must not be stopped everywhere from one server); the
+-- operator's pause of everything is the row with guild_id 0. Kept here so a restart keeps it.
+CREATE TABLE paused (
+    guild_id  INTEGER PRIMARY KEY,
+    paused_by INTEGER NOT NULL,
+    paused_at REAL    NOT NULL
+);

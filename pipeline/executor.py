@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any, Literal
 
 from pipeline.engine import batch_key
@@ -28,6 +29,16 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[..., Awaitable[Any] | Any]
 Status = Literal["done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as ``snapshot`` shows it."""
+
+    ticket: int
+    user_id: int
+    group: int | None
+    state: Literal["running", "queued"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,12 @@ class _Job:
     on_progress: Callback | None
     on_done: Callback | None
     context: contextvars.Context
+    # Who the job belongs to besides its user (the bot: its server; None: DMs). Pausing a group
+    # holds its jobs back while others run.
+    group: int | None = None
     cancelled: bool = False
+    # Set when on_done has been dispatched: every job gets exactly one outcome.
+    ended: bool = False
     last_progress: float = field(default=-1e9)
 
 
@@ -78,8 +94,13 @@ class Executor:
         max_queue: int = 50,
         max_batch: int = 4,
         progress_interval: float = 0.5,
+        on_start: Callable[[list[int]], None] | None = None,
     ) -> None:
+        """``on_start(tickets)`` runs on the worker thread before a batch starts and may block
+        briefly: the bot uses it to record each job's attempt before drawing, so a job that kills
+        the process is known to have been tried."""
         self.engine = engine
+        self.on_start = on_start
         self.max_per_user = max_per_user
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
@@ -91,6 +112,7 @@ class Executor:
         self._running: list[_Job] = []
         self._tickets = itertools.count(1)
         self._paused = False
+        self._paused_groups: set[int | None] = set()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,16 +150,32 @@ class Executor:
 
     @property
     def paused(self) -> bool:
+        """Whether everything is paused (the operator's pause)."""
         return self._paused
 
+    def is_paused(self, group: int | None) -> bool:
+        """Whether jobs of ``group`` wait: paused everywhere, or that group alone."""
+        return self._paused or group in self._paused_groups
+
     def pause(self) -> None:
-        """Start nothing new; the running batch finishes and the queue is kept."""
+        """Start nothing new for anyone (the operator's pause); the running batch finishes and
+        the queue is kept."""
         with self._lock:
             self._paused = True
 
     def resume(self) -> None:
         with self._lock:
             self._paused = False
+            self._lock.notify_all()
+
+    def pause_group(self, group: int | None) -> None:
+        """Start none of ``group``'s jobs (one server's pause); other groups' jobs keep running."""
+        with self._lock:
+            self._paused_groups.add(group)
+
+    def resume_group(self, group: int | None) -> None:
+        with self._lock:
+            self._paused_groups.discard(group)
             self._lock.notify_all()
 
     # -- submitting ----------------------------------------------------------------------
@@ -151,6 +189,7 @@ class Executor:
         on_done: Callback | None = None,
         ticket: int | None = None,
         enforce_caps: bool = True,
+        group: int | None = None,
     ) -> int:
         """Queue ``request`` for ``user_id``; returns its ticket. Call from the event loop.
 
@@ -171,7 +210,15 @@ class Executor:
             ticket = next(self._tickets) if ticket is None else ticket
             if ticket in self._jobs:
                 raise ValueError(f"ticket {ticket} is already queued")
-            job = _Job(ticket, user_id, request, on_progress, on_done, contextvars.copy_context())
+            job = _Job(
+                ticket,
+                user_id,
+                request,
+                on_progress,
+                on_done,
+                contextvars.copy_context(),
+                group=group,
+            )
             self._jobs[ticket] = job
             if user_id not in self._queues:
                 self._queues[user_id] = deque()
@@ -204,9 +251,15 @@ class Executor:
 
     # -- inspecting ----------------------------------------------------------------------
 
-    def _fair_order(self) -> list[_Job]:
-        """Queued jobs in the order they will start: round-robin over users, FIFO per user."""
-        queues = [list(self._queues[u]) for u in self._rotation]
+    def _fair_order(self, *, runnable: bool = False) -> list[_Job]:
+        """Queued jobs in the order they will start: round-robin over users, FIFO per user.
+
+        ``runnable`` leaves out the jobs of paused groups (a user's jobs elsewhere still run).
+        """
+        queues = [
+            [j for j in self._queues[u] if not (runnable and j.group in self._paused_groups)]
+            for u in self._rotation
+        ]
         order: list[_Job] = []
         for depth in range(max((len(q) for q in queues), default=0)):
             order.extend(q[depth] for q in queues if depth < len(q))
@@ -222,16 +275,23 @@ class Executor:
                     return i
         return None
 
-    def snapshot(self) -> list[tuple[int, int, str]]:
-        """(ticket, user_id, "running" | "queued") for every job, in the order they run."""
+    def snapshot(self) -> list[QueueEntry]:
+        """Every job, running ones first, then queued ones in the order they will start."""
         with self._lock:
-            running = [(j.ticket, j.user_id, "running") for j in self._running]
-            return running + [(j.ticket, j.user_id, "queued") for j in self._fair_order()]
+            running = [QueueEntry(j.ticket, j.user_id, j.group, "running") for j in self._running]
+            return running + [
+                QueueEntry(j.ticket, j.user_id, j.group, "queued") for j in self._fair_order()
+            ]
 
-    def pending(self, user_id: int | None = None) -> int:
-        """How many jobs are queued or running (for one user, or for everyone)."""
+    def pending(self, user_id: int | None = None, *, group: int | EllipsisType | None = ...) -> int:
+        """How many jobs are queued or running (for one user, or for everyone; in one group if
+        ``group`` is given)."""
         with self._lock:
-            return sum(1 for j in self._jobs.values() if user_id is None or j.user_id == user_id)
+            return sum(
+                1
+                for j in self._jobs.values()
+                if (user_id is None or j.user_id == user_id) and (group is ... or j.group == group)
+            )
 
     # -- cancelling ----------------------------------------------------------------------
 
@@ -248,17 +308,18 @@ class Executor:
             return sum(self._cancel_locked(j) for j in jobs)
 
     def _cancel_locked(self, job: _Job) -> bool:
-        if job.cancelled:
+        if job.cancelled or job.ended:
             return False
         job.cancelled = True
         if job in self._running:
             return True  # the step hook stops it; the worker reports the outcome
-        queue = self._queues[job.user_id]
-        queue.remove(job)
-        if not queue:
-            del self._queues[job.user_id]
-            self._rotation.remove(job.user_id)
-        del self._jobs[job.ticket]
+        queue = self._queues.get(job.user_id)
+        if queue is not None and job in queue:
+            queue.remove(job)
+            if not queue:
+                del self._queues[job.user_id]
+                self._rotation.remove(job.user_id)
+        self._jobs.pop(job.ticket, None)
         self._finish(job, JobOutcome(job.ticket, job.user_id, "cancelled", job.request))
         return True
 
@@ -276,10 +337,11 @@ class Executor:
     # -- the worker thread ---------------------------------------------------------------
 
     def _serve(self) -> None:
+        batch: list[_Job] = []
         try:
             while True:
                 with self._lock:
-                    while not self._closing and (self._paused or not self._rotation):
+                    while not self._closing and (self._paused or not self._has_runnable()):
                         self._lock.wait()
                     if self._closing:
                         return
@@ -290,24 +352,35 @@ class Executor:
                 finally:
                     with self._lock:
                         self._running = []
-        except BaseException:
+                batch = []
+        except BaseException as exc:
             log.exception("the GPU worker thread died; restarting it")
             with self._lock:
-                for job in self._running:
+                # The batch it died in: every job of it that has no outcome yet fails now, so it
+                # stops counting against the caps and its user hears about it.
+                for job in batch:
                     self._jobs.pop(job.ticket, None)
-                    self._finish(
-                        job,
-                        JobOutcome(job.ticket, job.user_id, "failed", job.request, error=None),
-                    )
+                    if not self._closing:
+                        self._finish(
+                            job,
+                            JobOutcome(job.ticket, job.user_id, "failed", job.request, error=exc),
+                        )
                 self._running = []
                 closing = self._closing
             if not closing:
                 self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
                 self._thread.start()
 
+    def _has_runnable(self) -> bool:
+        if not self._paused_groups:
+            return bool(self._rotation)
+        return any(
+            j.group not in self._paused_groups for u in self._rotation for j in self._queues[u]
+        )
+
     def _take_batch(self) -> list[_Job]:
         """Take the longest run of compatible jobs from the head of the fair order."""
-        order = self._fair_order()
+        order = self._fair_order(runnable=True)
         head = order[0]
         key = batch_key(head.request)
         batch, images = [head], head.request.count
@@ -318,7 +391,7 @@ class Executor:
             images += job.request.count
         for job in batch:
             queue = self._queues[job.user_id]
-            queue.popleft()
+            queue.remove(job)  # not always the head: a paused group's jobs may stand before it
             self._rotation.remove(job.user_id)
             if queue:
                 self._rotation.append(job.user_id)  # to the back of the round
@@ -327,6 +400,11 @@ class Executor:
         return batch
 
     def _run(self, batch: list[_Job]) -> None:
+        if self.on_start is not None:
+            try:
+                self.on_start([job.ticket for job in batch])
+            except Exception:
+                log.exception("recording the start of jobs %s failed", [j.ticket for j in batch])
         for job in batch:
             self._progress(job, 0, job.request.steps, force=True)
         try:
@@ -422,6 +500,9 @@ class Executor:
         self._dispatch(job, job.on_progress, (step, total), done=False)
 
     def _finish(self, job: _Job, outcome: JobOutcome) -> None:
+        if job.ended:
+            return  # exactly one outcome per job, whatever path reports it
+        job.ended = True
         self._dispatch(job, job.on_done, (outcome,), done=True)
 
     # -- back to the event loop ----------------------------------------------------------

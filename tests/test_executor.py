@@ -67,7 +67,7 @@ async def test_round_robin_between_users(sd_engine):
     alice = [rec.submit(ex, req(seed=i), user=1) for i in range(3)]
     bob = rec.submit(ex, req(seed=9), user=2)
     expected = [alice[0], bob, alice[1], alice[2]]
-    assert [t for t, _, _ in ex.snapshot()] == expected
+    assert [e.ticket for e in ex.snapshot()] == expected
     assert ex.position(bob) == 2 and ex.position(alice[2]) == 4
     ex.resume()
     await ex.wait_idle()

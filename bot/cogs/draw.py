@@ -8,6 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.render import plural
+from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
 from pipeline.samplers import SAMPLERS
 
@@ -90,29 +92,43 @@ class Draw(commands.Cog):
 
     @app_commands.command(name="queue", description="Who is waiting, and your place in line.")
     async def queue(self, interaction: discord.Interaction) -> None:
-        snapshot = self.bot.executor.snapshot()
+        executor = self.bot.executor
         me = interaction.user.id
+        here = interaction.guild_id
+
+        def shown(entry: QueueEntry) -> bool:
+            # Only this server's jobs; in DMs only one's own: nobody learns who draws elsewhere.
+            if here is None:
+                return entry.group is None and entry.user_id == me
+            return entry.group == here
+
+        snapshot = executor.snapshot()
+        places = [(place, e) for place, e in enumerate(snapshot, start=1) if shown(e)]
+        elsewhere = len(snapshot) - len(places)
+        lines = []
+        if executor.paused:
+            lines.append("⏸️ The bot's operator has paused drawing: nothing new starts for now.")
+        elif executor.is_paused(here):
+            lines.append("⏸️ The queue is paused here: nothing new starts until it resumes.")
         if not snapshot:
-            text = "The queue is empty: /draw starts right away."
-        else:
-            lines = []
-            for place, (ticket, user_id, state) in enumerate(snapshot[:15], start=1):
-                doing = "drawing now" if state == "running" else f"#{place}"
-                you = " (you)" if user_id == me else ""
-                lines.append(f"{doing}: <@{user_id}>{you}, job #{ticket}")
-            if len(snapshot) > 15:
-                lines.append(f"… and {len(snapshot) - 15} more")
-            mine = [i for i, (_, user_id, _) in enumerate(snapshot, start=1) if user_id == me]
+            lines.append("The queue is empty: /draw starts right away.")
+        for place, entry in places[:15]:
+            doing = "drawing now" if entry.state == "running" else f"#{place}"
+            you = " (you)" if entry.user_id == me else ""
+            lines.append(f"{doing}: <@{entry.user_id}>{you}, job #{entry.ticket}")
+        if len(places) > 15:
+            lines.append(f"… and {len(places) - 15} more here")
+        if elsewhere:
+            lines.append(f"… and {plural(elsewhere, 'drawing')} from elsewhere.")
+        mine = [place for place, e in places if e.user_id == me]
+        if snapshot:
             if not mine:
-                lines.append("You have nothing in the queue.")
+                lines.append("You have nothing in the queue here.")
             elif len(mine) == 1:
                 lines.append(f"Your job is at place {mine[0]}.")
             else:
                 lines.append(f"Your jobs are at places {', '.join(map(str, mine))}.")
-            if self.bot.executor.paused:
-                lines.insert(0, "⏸️ The queue is paused: nothing new starts until it resumes.")
-            text = "\n".join(lines)
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
 
 async def setup(bot: EaselBot) -> None:

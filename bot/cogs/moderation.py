@@ -11,9 +11,13 @@ from discord.ext import commands
 
 from bot.cogs.draw import SAMPLER_CHOICES
 from bot.cogs.history import show_history
+from bot.errors import InvalidSetting
 from bot.policy import NSFW_LABELS, Policy, validate_settings
-from bot.store import GuildSettings, PurgeRecord
-from bot.wordfilter import normalise
+from bot.render import plural
+from bot.replies import answer_privately
+from bot.store import EVERYWHERE, GuildSettings, PurgeRecord
+from bot.text import plain
+from bot.wordfilter import parse_pattern
 from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
@@ -65,8 +69,8 @@ class Moderation(commands.Cog):
         user: discord.Member | discord.User | None = None,
         query: str | None = None,
     ) -> None:
-        who = f"{user.display_name}'s drawings" if user else "All drawings"
-        title = who + (f" matching “{query}”" if query else "")
+        who = f"{plain(user.display_name)}'s drawings" if user else "All drawings"
+        title = who + (f" matching “{plain(query)}”" if query else "")
         await show_history(
             self.bot, interaction, user_id=user.id if user else None, query=query, title=title
         )
@@ -76,62 +80,105 @@ class Moderation(commands.Cog):
     )
 
     @banword.command(name="add", description="Refuse prompts containing this word or phrase.")
-    @app_commands.describe(word="Caught however it is spelled: N.S.F.W, ｎｓｆｗ, n5fw...")
+    @app_commands.describe(
+        word="cat: the whole word; cat*: words starting with it; *cat: ending; *cat*: anywhere"
+    )
     async def banword_add(
         self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
     ) -> None:
-        normal = normalise(word)
-        if not normal:
+        pattern = parse_pattern(word)
+        if not pattern:
             await interaction.response.send_message(
                 "That has no letters or digits to match; give a word.", ephemeral=True
             )
             return
         assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
         added = await self.bot.store.add_banned_word(
-            interaction.guild_id, normal, interaction.user.id
+            interaction.guild_id, pattern, interaction.user.id
         )
+        shown = plain(pattern)
         text = (
-            f"Prompts with “{normal}” are now refused."
+            f"Prompts with “{shown}” are now refused ({_pattern_meaning(pattern)}), however "
+            "it is spelled: N.S.F.W, ｎｓｆｗ, n5fw, n s f w..."
             if added
-            else f"“{normal}” was already banned."
+            else f"“{shown}” was already banned."
         )
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
     @banword.command(name="remove", description="Allow this word again.")
+    @app_commands.describe(word="As /mod banword list shows it, e.g. cat or cat*")
     async def banword_remove(
         self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
     ) -> None:
-        normal = normalise(word)
+        pattern = parse_pattern(word) or word
         assert interaction.guild_id is not None
-        removed = await self.bot.store.remove_banned_word(interaction.guild_id, normal)
-        text = f"“{normal}” is allowed again." if removed else f"“{normal}” wasn't banned."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        removed = await self.bot.store.remove_banned_word(interaction.guild_id, pattern)
+        shown = plain(pattern)
+        text = f"“{shown}” is allowed again." if removed else f"“{shown}” wasn't banned."
+        await interaction.followup.send(text, ephemeral=True)
 
     @banword.command(name="list", description="The words this server doesn't allow.")
     async def banword_list(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         words = await self.bot.store.banned_words(interaction.guild_id)
-        text = ("Banned: " + ", ".join(f"“{w}”" for w in words)) if words else "No banned words."
+        shown = ", ".join(f"“{plain(w)}”" for w in words)
+        text = f"Banned: {shown}" if words else "No banned words."
         await interaction.response.send_message(text[:2000], ephemeral=True)
 
-    @mod.command(name="pause", description="Start no new drawings; the queue is kept.")
-    async def pause(self, interaction: discord.Interaction) -> None:
+    @mod.command(name="pause", description="Start no new drawings here; the queue is kept.")
+    @app_commands.describe(everywhere="Pause every server the bot is in (the bot's operator only)")
+    async def pause(self, interaction: discord.Interaction, everywhere: bool = False) -> None:
         _require_manage_server(interaction)
-        self.bot.executor.pause()
-        await interaction.response.send_message(
-            "Paused: the drawing in progress finishes, nothing new starts, the queue is kept. "
-            "Use /mod resume to continue.",
-            ephemeral=True,
-        )
+        await self._set_paused(interaction, paused=True, everywhere=everywhere)
 
-    @mod.command(name="resume", description="Start drawing the queue again.")
-    async def resume(self, interaction: discord.Interaction) -> None:
+    @mod.command(name="resume", description="Start drawing this server's queue again.")
+    @app_commands.describe(everywhere="End the operator's pause of every server (operator only)")
+    async def resume(self, interaction: discord.Interaction, everywhere: bool = False) -> None:
         _require_manage_server(interaction)
-        self.bot.executor.resume()
-        waiting = self.bot.executor.pending()
-        await interaction.response.send_message(
-            f"Resumed; {waiting} drawing(s) waiting.", ephemeral=True
+        await self._set_paused(interaction, paused=False, everywhere=everywhere)
+
+    async def _set_paused(
+        self, interaction: discord.Interaction, *, paused: bool, everywhere: bool
+    ) -> None:
+        guild_id = interaction.guild_id
+        assert guild_id is not None
+        executor = self.bot.executor
+        if everywhere and not await self.bot.is_owner(interaction.user):
+            # One server's moderators must not stop a public bot for everyone else.
+            await interaction.response.send_message(
+                "Only the bot's operator can pause or resume every server. "
+                "Leave out `everywhere` to pause this server only.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.store.set_paused(
+            EVERYWHERE if everywhere else guild_id, paused, interaction.user.id
         )
+        if everywhere and paused:
+            executor.pause()
+            text = (
+                "Paused in every server: drawings in progress finish, nothing new starts "
+                "anywhere, queues are kept. Use /mod resume everywhere:True to continue."
+            )
+        elif everywhere:
+            executor.resume()
+            text = f"Resumed everywhere; {plural(executor.pending(), 'drawing')} waiting."
+        elif paused:
+            executor.pause_group(guild_id)
+            text = (
+                "Paused in this server: a drawing in progress finishes, nothing new starts here, "
+                "the queue is kept. Other servers are not affected. Use /mod resume to continue."
+            )
+        else:
+            executor.resume_group(guild_id)
+            waiting = executor.pending(group=guild_id)
+            text = f"Resumed; {plural(waiting, 'drawing')} waiting in this server."
+            if executor.paused:
+                text += " The bot's operator has paused every server, so nothing starts yet."
+        await interaction.followup.send(text, ephemeral=True)
 
     # -- settings ------------------------------------------------------------------------
 
@@ -221,7 +268,11 @@ class Moderation(commands.Cog):
         assert guild_id is not None
         store = self.bot.store
         updated = change(await store.guild_settings(guild_id))
-        validate_settings(updated, self.bot.engine.capabilities, self.bot.settings)
+        try:
+            validate_settings(updated, self.bot.engine.capabilities, self.bot.settings)
+        except InvalidSetting as refusal:
+            await answer_privately(interaction, str(refusal))
+            return
         await store.set_guild_settings(guild_id, updated, interaction.user.id)
         policy = await self.bot.jobs.policy(guild_id)
         await interaction.response.send_message("Saved.\n" + self._describe(policy), ephemeral=True)
@@ -275,6 +326,16 @@ class Moderation(commands.Cog):
         purges = await self.bot.store.purges(interaction.guild_id, limit=10)
         text = "\n".join(map(describe_purge, purges)) if purges else "No purges in this server."
         await interaction.response.send_message(text[:2000], ephemeral=True)
+
+
+def _pattern_meaning(pattern: str) -> str:
+    if pattern.startswith("*") and pattern.endswith("*"):
+        return "anywhere in a word"
+    if pattern.endswith("*"):
+        return "words starting with it"
+    if pattern.startswith("*"):
+        return "words ending with it"
+    return "the whole word"
 
 
 def describe_purge(purge: PurgeRecord) -> str:

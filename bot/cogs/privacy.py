@@ -26,19 +26,14 @@ class ConfirmForget(discord.ui.View):
     @discord.ui.button(label="Yes, delete everything", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         self.stop()
-        if self.bot.executor.pending(self.user_id):
-            await interaction.response.edit_message(
-                content="You still have drawings queued or in progress. Use /cancel, wait a "
-                "moment, then /forget again.",
-                view=None,
-            )
-            return
-        count = await self.bot.store.forget_user(self.user_id)
-        await interaction.response.edit_message(
+        await interaction.response.edit_message(content="Deleting…", view=None)
+        # Queued and running drawings are stopped first, and results on their way are dropped,
+        # so nothing of this user is posted or stored after the deletion.
+        count = await self.bot.jobs.forget(self.user_id)
+        await interaction.edit_original_response(
             content=f"Done: {count} drawing(s) and their stored images are deleted from this "
-            "bot, in every server. Pictures already posted in channels stay until someone "
-            "deletes those messages.",
-            view=None,
+            "bot, in every server, and anything you had queued was stopped. Pictures already "
+            "posted in channels stay until someone deletes those messages.",
         )
 
     @discord.ui.button(label="No, keep them", style=discord.ButtonStyle.secondary)
@@ -57,7 +52,8 @@ class Privacy(commands.Cog):
     async def forget(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
             "This deletes every drawing you made with this bot, in every server: the history, "
-            "the settings and the stored images. It can't be undone. Continue?",
+            "the settings and the stored images, and stops anything you have queued. It can't "
+            "be undone. Continue?",
             view=ConfirmForget(self.bot, interaction.user.id),
             ephemeral=True,
         )

@@ -1,0 +1,27 @@
+"""One line per job for history listings (/history, /mod history)."""
+
+from __future__ import annotations
+
+from bot.render import shorten
+from bot.store import JobRecord
+from bot.text import plain
+from pipeline.samplers import sampler_label
+
+
+def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
+    """A history entry for a job: number, prompt, settings, when, where it was posted.
+
+    ``show_requester`` names who asked (for moderators' listings of everyone's jobs).
+    """
+    sampler = sampler_label(record.sampler)
+    when = f"<t:{int(record.created_at)}:R>"
+    link = f" · [message]({record.jump_url})" if record.jump_url and not record.deleted else ""
+    status = "" if record.status == "done" else f" · {record.status}"
+    deleted = f" · 🗑️ deleted by <@{record.deleted_by}>" if record.deleted else ""
+    withheld = f" · 🔞 {record.withheld} withheld" if record.withheld else ""
+    by = f" · by <@{record.user_id}>" if show_requester else ""
+    return (
+        f"**#{record.id}** {plain(shorten(record.prompt, 60))}\n"
+        f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{by}{status}{link}"
+        f"{withheld}{deleted}"
+    )

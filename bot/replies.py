@@ -1,0 +1,25 @@
+"""The one way the bot answers a member privately: refusals, errors, confirmations."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+log = logging.getLogger(__name__)
+
+
+async def answer_privately(interaction: discord.Interaction, message: str) -> None:
+    """Answer ``interaction`` with an ephemeral ``message``, whatever state it is in.
+
+    A public "thinking…" placeholder is replaced rather than left spinning.
+    """
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(message, ephemeral=True)
+        elif interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+            await interaction.edit_original_response(content=message)
+        else:
+            await interaction.followup.send(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not answer user %s", interaction.user.id, exc_info=True)
