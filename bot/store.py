@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -1087,11 +1087,17 @@ class Store:
         for statement in _SEARCH_TEMP_TRIGGERS:
             await db.execute(statement)
         if await self._scalar(db, "SELECT 1 FROM job_search_pending LIMIT 1"):
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 for statement in _INDEX_PENDING:
                     await db.execute(statement)
                 await db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                await self._rollback(db)
+                if not isinstance(self._translate(e), StoreBusy):
+                    raise
+                # Another connection is writing: leave the jobs pending (search reads them
+                # directly) rather than refuse to start.
             except BaseException:
                 await self._rollback(db)
                 raise
@@ -1126,7 +1132,7 @@ class Store:
         user_id: int | None,
         query: str | None,
         before: int | None,
-    ) -> AsyncIterator[list[_Part]]:
+    ) -> AsyncGenerator[list[_Part], None]:
         """The SQL that finds a history listing's jobs, in tiers, newest first.
 
         Every id in a tier is above every id in the next one; the parts of a tier are disjoint
@@ -1224,7 +1230,7 @@ class Store:
             async with aclosing(self._history_tiers(db, guild_id, user_id, query, before)) as tiers:
                 async for tier in tiers:
                     wanted = limit - len(rows)
-                    found = []
+                    found: list[Any] = []
                     for part in tier:
                         found += await db.execute_fetchall(
                             f"SELECT {_J_COLUMNS} {part.sql} ORDER BY {part.order} LIMIT ?",

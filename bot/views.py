@@ -75,11 +75,23 @@ def result_view(job_id: int) -> discord.ui.View:
 
 PageLoader = Callable[[int | None], Awaitable[list[JobRecord]]]
 
+# Totals are counted this far and no further: "1000+ job(s)". A search for a common word in a
+# busy server matches hundreds of thousands of jobs, and counting them all costs as much as
+# reading them.
+COUNT_CAP = 1000
+
 
 class HistoryPages(discord.ui.View):
-    """Newest-first pages of jobs with Prev/Next, for the member who asked (ephemeral)."""
+    """Newest-first pages of jobs with Prev/Next, for the member who asked (ephemeral).
 
-    def __init__(self, owner_id: int, title: str, total: int, load: PageLoader) -> None:
+    ``load(before)`` returns up to PAGE_SIZE + 1 jobs with ids below ``before`` (None: the
+    newest): the extra one only tells that a next page exists. ``total`` is how many jobs there
+    are, counted up to COUNT_CAP + 1 (more shows as "1000+"), or None when not counted.
+    """
+
+    def __init__(
+        self, owner_id: int, title: str, load: PageLoader, *, total: int | None = None
+    ) -> None:
         super().__init__(timeout=600)
         self.owner_id = owner_id
         self.title = title
@@ -90,20 +102,31 @@ class HistoryPages(discord.ui.View):
         self.cursors: list[int | None] = [None]
         self.page = 0
         self.records: list[JobRecord] = []
+        self.has_more = False
 
     async def fetch(self) -> None:
-        self.records = await self.load(self.cursors[self.page])
+        rows = await self.load(self.cursors[self.page])
+        self.records = rows[:PAGE_SIZE]
+        self.has_more = len(rows) > PAGE_SIZE
         self.previous.disabled = self.page == 0
-        self.next.disabled = (self.page + 1) * PAGE_SIZE >= self.total
+        self.next.disabled = not self.has_more
+
+    def footer(self) -> str:
+        page = f"Page {self.page + 1}"
+        if self.total is None:
+            return page
+        if self.total > COUNT_CAP:
+            return f"{page} · {COUNT_CAP}+ job(s)"
+        pages = max(1, -(-self.total // PAGE_SIZE), self.page + 1)
+        return f"{page} of {pages} · {self.total} job(s)"
 
     def embed(self) -> discord.Embed:
-        pages = max(1, -(-self.total // PAGE_SIZE))
         embed = discord.Embed(title=self.title, colour=EMBED_COLOUR)
         if not self.records:
             embed.description = "Nothing here yet."
         else:
             embed.description = "\n\n".join(describe_record(r) for r in self.records)
-        embed.set_footer(text=f"Page {self.page + 1} of {pages} · {self.total} job(s)")
+        embed.set_footer(text=self.footer())
         return embed
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:

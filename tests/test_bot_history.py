@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import discord
 import pytest
 import simcord
@@ -75,3 +77,39 @@ async def test_moderators_see_everyones_jobs_with_deletions_marked(world):
     only_bob = await world.mod.slash(world.channel, "mod history", user=world.bob)
     text = only_bob.response.embeds[0].description
     assert "bob owl" in text and "alice fox" not in text
+
+
+async def test_mod_history_search_pages_without_counting_every_match(world, monkeypatch):
+    # Jobs written straight to the store: nothing is drawn, so the test stays quick.
+    from pipeline.request import DrawRequest
+
+    store = world.bot.store
+    for i in range(7):
+        for prompt, member in ((f"Red Ｆｏｘ {i}", world.alice), (f"blue owl {i}", world.bob)):
+            await store.add_job(
+                DrawRequest(prompt=prompt),
+                guild_id=world.guild.id,
+                channel_id=world.channel.id,
+                user_id=member.id,
+                user_name=member.name,
+                status="refused",
+            )
+    r = await world.mod.slash(world.channel, "mod history", query="FOX")
+    embed = r.response.embeds[0]
+    assert "Red Ｆｏｘ 6" in embed.description and "owl" not in embed.description
+    assert embed.footer.text == "Page 1 of 2 · 7 job(s)"
+    await world.mod.click(r.response, label="Next")
+    page2 = next(m for m in world.channel.history(viewer=world.mod) if m.id == r.response.id)
+    assert "Red Ｆｏｘ 1" in page2.embeds[0].description
+    assert "Red Ｆｏｘ 2" not in page2.embeds[0].description
+    with pytest.raises(simcord.SetupError, match="disabled"):
+        await world.mod.click(page2, label="Next")
+
+    # Past the cap the total is a lower bound; a first page with no next one needs no count.
+    # (discord.py loads the cog's module itself: it is in sys.modules, not on bot.cogs.)
+    monkeypatch.setattr(sys.modules["bot.cogs.history"], "COUNT_CAP", 3)
+    monkeypatch.setattr(sys.modules["bot.views"], "COUNT_CAP", 3)
+    r = await world.mod.slash(world.channel, "mod history", query="o")
+    assert r.response.embeds[0].footer.text == "Page 1 · 3+ job(s)"
+    r = await world.mod.slash(world.channel, "mod history", user=world.bob, query="owl 1")
+    assert r.response.embeds[0].footer.text == "Page 1 of 1 · 1 job(s)"

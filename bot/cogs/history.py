@@ -8,7 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.views import PAGE_SIZE, HistoryPages
+from bot.store import JobRecord
+from bot.views import COUNT_CAP, PAGE_SIZE, HistoryPages
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -24,15 +25,23 @@ async def show_history(
 ) -> None:
     """Send the first page of a history listing as an ephemeral message with Prev/Next."""
     guild_id = interaction.guild_id
-    total = await bot.store.count_history(guild_id, user_id=user_id, query=query)
 
-    async def load(before: int | None):
+    async def load(before: int | None) -> list[JobRecord]:
+        # One more than a page: whether it comes tells whether there is a next page.
         return await bot.store.history(
-            guild_id, user_id=user_id, query=query, before=before, limit=PAGE_SIZE
+            guild_id, user_id=user_id, query=query, before=before, limit=PAGE_SIZE + 1
         )
 
-    pages = HistoryPages(interaction.user.id, title, total, load)
+    pages = HistoryPages(interaction.user.id, title, load)
     await pages.fetch()
+    if pages.has_more:
+        # Counted only as far as the footer shows ("1000+"): a common word in a busy server
+        # matches hundreds of thousands of jobs.
+        pages.total = await bot.store.count_history(
+            guild_id, user_id=user_id, query=query, at_most=COUNT_CAP + 1
+        )
+    else:
+        pages.total = len(pages.records)
     await interaction.response.send_message(embed=pages.embed(), view=pages, ephemeral=True)
 
 
