@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.engine import Engine, quiet_library_logs
 
+    # Download bars on a terminal; "downloading ... from https://huggingface.co" before them.
     quiet_library_logs()
+    logging.getLogger("pipeline.engine").setLevel(logging.INFO)
 
     if args.command == "samplers":
         try:

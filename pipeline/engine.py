@@ -11,7 +11,7 @@ import functools
 import inspect
 import logging
 import os
-import socket
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -92,9 +92,11 @@ class Engine:
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", cache_dir: Path | None = None) -> Engine:
-        """Load ``model``: a hub id, a local folder, or a built-in ``tiny:shapes|sd|ldm``.
+        """Load ``model``: a hub id, a local diffusers folder, a single-file checkpoint
+        (``.safetensors`` / ``.ckpt``), or a built-in ``tiny:shapes|sd|ldm``.
 
-        ``device="auto"`` picks CUDA (fp16) when available, else the CPU (fp32).
+        ``device="auto"`` picks CUDA (fp16) when available, else the CPU (fp32). Every way it
+        can fail raises ``ModelLoadError`` with a message saying what to do.
         """
         import torch
         from diffusers import DiffusionPipeline
@@ -107,6 +109,8 @@ class Engine:
         try:
             if Path(source).is_dir():
                 pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+            elif Path(source).is_file():
+                pipe = _from_single_file(Path(source), dtype)
             else:
                 pipe = _from_hub(source, dtype)
         except ModelLoadError:
@@ -430,7 +434,32 @@ def _vae_scale_factor(pipe: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
 
 
+# -- loading helpers ---------------------------------------------------------------------
+
+# File endings of single-file checkpoints, the form most model pages offer.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Single-file checkpoints Easel draws with: diffusers' model type -> (pipeline class, name).
+_SINGLE_FILE_KINDS = {
+    "v1": ("StableDiffusionPipeline", "Stable Diffusion 1.x"),
+    "v2": ("StableDiffusionPipeline", "Stable Diffusion 2.x"),
+    "xl_base": ("StableDiffusionXLPipeline", "Stable Diffusion XL"),
+}
+_MODEL_CHOICES = (
+    "MODEL takes a hub id (like CompVis/ldm-text2im-large-256), a folder holding a diffusers "
+    "pipeline (one with model_index.json), a single-file checkpoint (.safetensors or .ckpt), "
+    "or a built-in model such as tiny:shapes"
+)
+_OR_LOCAL = (
+    "or set MODEL to a local diffusers folder or checkpoint file, or to the built-in offline "
+    "model tiny:shapes"
+)
+
+
 def _resolve_source(model: str, cache_dir: Path | None) -> str:
+    """What ``Engine.load`` reads: a folder, a checkpoint file, or a hub id.
+
+    A local path that can't be a model is refused here, with the reason and the fix.
+    """
     if model.startswith("tiny:"):
         name = model.removeprefix("tiny:")
         if name not in TINY_MODELS:
@@ -443,42 +472,251 @@ def _resolve_source(model: str, cache_dir: Path | None) -> str:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ModelLoadError(
-                f"The folder {model} has no model_index.json: it is not a diffusers pipeline."
-            )
+            raise ModelLoadError(_folder_problem(model, path))
         return str(path)
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelLoadError(f"The model folder {model} does not exist.")
+    if path.is_file():
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return str(path)
+        if path.name == "model_index.json":
+            raise ModelLoadError(
+                f"{model} is the index of a diffusers pipeline: set MODEL to its folder, "
+                f"{path.parent}."
+            )
+        raise ModelLoadError(f"The file {model} is not a model. {_MODEL_CHOICES}.")
+    is_checkpoint = path.suffix.lower() in CHECKPOINT_SUFFIXES
+    if is_checkpoint or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        what = "checkpoint file" if is_checkpoint else "model folder"
+        raise ModelLoadError(f"The {what} {model} does not exist{_where(path)}.")
     return model
+
+
+def _where(path: Path) -> str:
+    """Where a missing path was looked for, and what in its folder might have been meant."""
+    notes = []
+    if not path.is_absolute():
+        notes.append(f"looked for {path.absolute()}")
+    folder = path.absolute().parent
+    try:
+        near = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.suffix.lower() in CHECKPOINT_SUFFIXES or (p / "model_index.json").is_file()
+        )
+    except OSError:
+        near = []
+    if near:
+        notes.append(f"{folder} holds {', '.join(near[:3])}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _folder_problem(model: str, path: Path) -> str:
+    """Why the folder ``path`` is not a diffusers pipeline, and what MODEL should be instead."""
+    head = f"The folder {model} has no model_index.json: it is not a diffusers pipeline."
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        nested = sorted(
+            p.parent for p in (*path.glob("*/model_index.json"), *path.glob("*/*/model_index.json"))
+        )
+    except OSError:
+        return f"{head} {_MODEL_CHOICES}."
+    checkpoints = [p for p in files if p.suffix.lower() in CHECKPOINT_SUFFIXES]
+    if (path / "config.json").is_file() and checkpoints:
+        return (
+            f"{head} It holds one part of a pipeline (config.json and its weights): set MODEL "
+            "to the folder above it, the one with model_index.json."
+        )
+    if nested:
+        return f"{head} A pipeline is in {nested[0]}: set MODEL to that folder."
+    if checkpoints:
+        names = ", ".join(p.name for p in checkpoints[:3])
+        return (
+            f"{head} It holds the checkpoint file(s) {names}: set MODEL to the file itself, "
+            f"MODEL={checkpoints[0]}."
+        )
+    return f"{head} {_MODEL_CHOICES}."
+
+
+def _from_single_file(path: Path, dtype: Any) -> Any:
+    """Load a single-file checkpoint with diffusers' ``from_single_file``.
+
+    diffusers builds the pipeline around the checkpoint from the configuration of the model it
+    belongs to: a few small files from a hub repo, cached after the first time. When they are
+    not cached and the hub can't be reached, the message says so and what to do instead.
+    """
+    import diffusers
+    from diffusers.loaders.single_file_utils import (
+        DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+        infer_diffusers_model_type,
+        load_single_file_checkpoint,
+    )
+
+    try:
+        checkpoint = load_single_file_checkpoint(str(path))
+        kind = infer_diffusers_model_type(checkpoint)
+        keys = list(checkpoint)
+    except Exception as exc:  # safetensors, pickle and torch each raise their own kinds
+        raise ModelLoadError(
+            f"{path} can't be read as a checkpoint ({_short(exc)}); is the file complete?"
+        ) from exc
+    del checkpoint
+    if kind == "v1" and not any(k.startswith("model.diffusion_model.") for k in keys):
+        # diffusers calls anything it does not recognise "v1"; a real one has a UNet.
+        raise ModelLoadError(f"{path} {_not_a_whole_model(keys)}")
+    if kind not in _SINGLE_FILE_KINDS:
+        raise ModelLoadError(
+            f"{path} is not a text-to-image checkpoint Easel can draw with (diffusers reads it "
+            f"as {kind!r}); single files of Stable Diffusion 1.x, 2.x and XL work. For other "
+            "models set MODEL to a diffusers folder or a hub id."
+        )
+    class_name, label = _SINGLE_FILE_KINDS[kind]
+    config_repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    cached = _config_cached(config_repo)
+    if not cached:
+        problem = _hub_problem(config_repo)
+        if problem:
+            raise ModelLoadError(
+                f"{path} is a single-file {label} checkpoint. Loading it needs the configuration "
+                f"of {label} (a few small files from the hub repo {config_repo}), which is not in "
+                f"the local Hugging Face cache, and {problem}. Run Easel once where the hub can "
+                "be reached (the files are cached for later runs), or set MODEL to a diffusers "
+                "folder (one with model_index.json)."
+            )
+        log.info("fetching the configuration of %s (%s) from the hub", label, config_repo)
+    try:
+        pipeline_cls = getattr(diffusers, class_name)
+        return pipeline_cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=cached)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not load {path} as a {label} checkpoint: {_short(exc)}"
+        ) from exc
+
+
+def _not_a_whole_model(keys: list[str]) -> str:
+    """What a checkpoint without a Stable Diffusion UNet is, as the end of a sentence."""
+    lowered = [k.lower() for k in keys]
+    if any("lora" in k for k in lowered):
+        return (
+            "is a LoRA (it adjusts a base model), not a whole model, and Easel does not apply "
+            "LoRAs: set MODEL to a whole checkpoint, a diffusers folder or a hub id."
+        )
+    if any(k.startswith(("string_to_param", "emb_params")) for k in lowered):
+        return (
+            "is a textual-inversion embedding, not a whole model: set MODEL to a whole "
+            "checkpoint, a diffusers folder or a hub id."
+        )
+    if lowered and all(
+        k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant")) for k in lowered
+    ):
+        return (
+            "is a VAE on its own, not a whole model: set MODEL to a whole checkpoint, a diffusers "
+            "folder or a hub id."
+        )
+    return (
+        f"holds no Stable Diffusion UNet (none of its {len(keys)} tensors is named "
+        "model.diffusion_model.*), so it is not a whole Stable Diffusion checkpoint. "
+        f"{_MODEL_CHOICES}."
+    )
+
+
+def _config_cached(repo_id: str) -> bool:
+    """Whether the configuration files of hub repo ``repo_id`` are in the local cache."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        # The same files diffusers' from_single_file fetches.
+        snapshot_download(
+            repo_id,
+            allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"],
+            local_files_only=True,
+        )
+    except Exception:  # LocalEntryNotFoundError, or a cache it can't read
+        return False
+    return True
 
 
 def _from_hub(model_id: str, dtype: Any) -> Any:
     from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as exc:
+        raise ModelLoadError(
+            f"MODEL={model_id} is not a folder or file here, and not a hub id ({exc}). "
+            f"{_MODEL_CHOICES}."
+        ) from exc
     try:
         return DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError):
         pass  # not cached (or only partly): download it if the hub can be reached
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _hub_reachable():
+    problem = _hub_problem(model_id)
+    if problem:
         raise ModelLoadError(
-            f"The model {model_id} is not in the local Hugging Face cache and the hub can't be "
-            "reached. Download it on a machine with internet access, set MODEL to a local folder "
-            "holding a diffusers pipeline, or use the built-in offline model tiny:sd."
+            f"The model {model_id} is not in the local Hugging Face cache and {problem}. "
+            f"Download it where the hub can be reached, {_OR_LOCAL}."
         )
-    return DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    log.info(
+        "downloading %s from %s: the first time can take a while (several GB for real models)",
+        model_id,
+        constants.ENDPOINT,
+    )
     try:
-        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        return DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
+    except (OSError, ValueError):
+        raise  # Engine.load words these
+    except Exception as exc:  # the download broke off: httpx errors are not OSErrors
+        raise ModelLoadError(
+            f"Downloading {model_id} from {constants.ENDPOINT} failed ({_short(exc)}); run "
+            "again to resume (finished files are kept)."
+        ) from exc
 
 
-def quiet_library_logs() -> None:
-    """Silence diffusers/transformers chatter (progress bars, deprecations) for CLI and bot."""
+def _hub_problem(repo_id: str, timeout: float = 10.0) -> str | None:
+    """Why ``repo_id`` can't be downloaded now (the end of a sentence), or None if it can.
+
+    It asks huggingface_hub itself for the repo's info, so HF_ENDPOINT, HF_TOKEN and proxies
+    (HTTPS_PROXY, ...) count exactly as they will for the download.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set, so nothing is downloaded (unset it to download)"
+    endpoint = constants.ENDPOINT
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        return (
+            f"it is gated on {endpoint}: accept its terms on its page there and set HF_TOKEN "
+            "to a token of that account"
+        )
+    except RepositoryNotFoundError:
+        return f"{endpoint} has no model {repo_id} (a private one needs HF_TOKEN)"
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "with an error"
+        return f"the hub at {endpoint} answered HTTP {status}"
+    except Exception as exc:  # the network: httpx's errors, OSError, OfflineModeIsEnabled
+        return (
+            f"the hub at {endpoint} can't be reached ({_short(exc)}; check the connection, "
+            "HF_ENDPOINT and HTTPS_PROXY)"
+        )
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's first line, for a one-line message."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def quiet_library_logs(*, download_progress: bool | None = None) -> None:
+    """Silence diffusers/transformers chatter (deprecations, per-step and per-part bars) for the
+    CLI and the bot, but keep huggingface_hub's download progress bars when stderr is a
+    terminal: a first download is several GB. ``download_progress`` overrides that choice;
+    HF_HUB_DISABLE_PROGRESS_BARS=1 still wins.
+    """
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -487,9 +725,19 @@ def quiet_library_logs() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="Should have tb<=t1")
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    with warnings.catch_warnings():  # it warns when HF_HUB_DISABLE_PROGRESS_BARS=0 wins
+        warnings.simplefilter("ignore")
+        # This also switches huggingface_hub's download bars off; they are decided below.
+        transformers_logging.disable_progress_bar()
+        if download_progress is None:
+            download_progress = sys.stderr.isatty()
+        if download_progress:
+            enable_progress_bars()
+        else:
+            disable_progress_bars()
