@@ -382,6 +382,7 @@ class Store:
             await db.create_function("easel_fold", 1, _fold, deterministic=True)
             self.applied_migrations = await self._migrate(db, scripts)
             self._search_index = await self._prepare_search(db)
+            await self._load_caches(db)
             reader = None
             if str(self.db_path) != ":memory:":
                 reader = await aiosqlite.connect(
@@ -825,7 +826,7 @@ class Store:
                 "VALUES (?, ?, ?, ?)",
                 (guild_id, word, by_user_id, self._clock()),
             )
-        self._banned_cache.pop(guild_id, None)
+            await self._reload_banned(db, guild_id)
         return bool(changed)
 
     async def remove_banned_word(self, guild_id: int, word: str) -> bool:
@@ -833,46 +834,41 @@ class Store:
             changed = await self._write(
                 db, "DELETE FROM banned_words WHERE guild_id = ? AND word = ?", (guild_id, word)
             )
-        self._banned_cache.pop(guild_id, None)
+            await self._reload_banned(db, guild_id)
         return bool(changed)
 
     async def banned_words(self, guild_id: int) -> list[str]:
-        """A server's banned words (from memory after the first read)."""
-        cached = self._banned_cache.get(guild_id)
-        if cached is not None:
-            return list(cached)
-        async with self._transaction(write=False) as db:
-            rows = await db.execute_fetchall(
-                "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (guild_id,)
+        """A server's banned words, from memory (loaded at open, kept in step by this store)."""
+        return list(self._banned_cache.get(guild_id, ()))
+
+    async def _reload_banned(self, db: aiosqlite.Connection, guild_id: int) -> None:
+        rows = await db.execute_fetchall(
+            "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (guild_id,)
+        )
+        self._banned_cache[guild_id] = [row["word"] for row in rows]
+
+    async def _load_caches(self, db: aiosqlite.Connection) -> None:
+        """Every server's settings and banned words into memory: /draw reads them before its
+        3-second answer, so it must never wait for the database (a few rows per server)."""
+        self._banned_cache = {}
+        for row in await db.execute_fetchall(
+            "SELECT guild_id, word FROM banned_words ORDER BY guild_id, word"
+        ):
+            self._banned_cache.setdefault(row[0], []).append(row[1])
+        self._settings_cache = {
+            row["guild_id"]: GuildSettings(**{name: row[name] for name in _SETTINGS_COLUMNS})
+            for row in await db.execute_fetchall(
+                f"SELECT guild_id, {', '.join(_SETTINGS_COLUMNS)} FROM guild_settings"
             )
-        words = [row["word"] for row in rows]
-        self._banned_cache[guild_id] = words
-        return list(words)
+        }
 
     # ------------------------------------------------------- server settings
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
         """A server's settings; all ``None`` (the defaults) for a server that set nothing.
 
-        From memory after the first read."""
-        cached = self._settings_cache.get(guild_id)
-        if cached is not None:
-            return cached
-        settings = await self._read_guild_settings(guild_id)
-        self._settings_cache[guild_id] = settings
-        return settings
-
-    async def _read_guild_settings(self, guild_id: int) -> GuildSettings:
-        async with self._transaction(write=False) as db:
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {', '.join(_SETTINGS_COLUMNS)} FROM guild_settings WHERE guild_id = ?",
-                    (guild_id,),
-                )
-            )
-        if not rows:
-            return GuildSettings()
-        return GuildSettings(**{name: rows[0][name] for name in _SETTINGS_COLUMNS})
+        From memory (loaded at open, kept in step by this store, the only writer)."""
+        return self._settings_cache.get(guild_id, GuildSettings())
 
     async def set_guild_settings(
         self, guild_id: int, settings: GuildSettings, by_user_id: int

@@ -90,9 +90,16 @@ class HistoryPages(discord.ui.View):
     """
 
     def __init__(
-        self, owner_id: int, title: str, load: PageLoader, *, total: int | None = None
+        self,
+        owner_id: int,
+        title: str,
+        load: PageLoader,
+        *,
+        total: int | None = None,
+        show_requester: bool = False,
     ) -> None:
         super().__init__(timeout=600)
+        self.show_requester = show_requester
         self.owner_id = owner_id
         self.title = title
         self.total = total
@@ -125,7 +132,9 @@ class HistoryPages(discord.ui.View):
         if not self.records:
             embed.description = "Nothing here yet."
         else:
-            embed.description = "\n\n".join(describe_record(r) for r in self.records)
+            embed.description = "\n\n".join(
+                describe_record(r, show_requester=self.show_requester) for r in self.records
+            )
         embed.set_footer(text=self.footer())
         return embed
 

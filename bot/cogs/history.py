@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.store import JobRecord
+from bot.text import plain
 from bot.views import COUNT_CAP, PAGE_SIZE, HistoryPages
 
 if TYPE_CHECKING:
@@ -23,8 +24,12 @@ async def show_history(
     query: str | None,
     title: str,
 ) -> None:
-    """Send the first page of a history listing as an ephemeral message with Prev/Next."""
+    """Send the first page of a history listing as an ephemeral message with Prev/Next.
+
+    Listings of everyone's jobs (``user_id`` None) say who asked for each."""
     guild_id = interaction.guild_id
+    # Answered first: the reads below must not push the answer past Discord's 3 seconds.
+    await interaction.response.defer(ephemeral=True, thinking=True)
 
     async def load(before: int | None) -> list[JobRecord]:
         # One more than a page: whether it comes tells whether there is a next page.
@@ -32,7 +37,7 @@ async def show_history(
             guild_id, user_id=user_id, query=query, before=before, limit=PAGE_SIZE + 1
         )
 
-    pages = HistoryPages(interaction.user.id, title, load)
+    pages = HistoryPages(interaction.user.id, title, load, show_requester=user_id is None)
     await pages.fetch()
     if pages.has_more:
         # Counted only as far as the footer shows ("1000+"): a common word in a busy server
@@ -42,7 +47,7 @@ async def show_history(
         )
     else:
         pages.total = len(pages.records)
-    await interaction.response.send_message(embed=pages.embed(), view=pages, ephemeral=True)
+    await interaction.followup.send(embed=pages.embed(), view=pages, ephemeral=True)
 
 
 class History(commands.Cog):
@@ -53,7 +58,7 @@ class History(commands.Cog):
     @app_commands.describe(query="Only prompts containing this text")
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction, query: str | None = None) -> None:
-        title = "Your drawings" + (f" matching “{query}”" if query else "")
+        title = "Your drawings" + (f" matching “{plain(query)}”" if query else "")
         await show_history(
             self.bot, interaction, user_id=interaction.user.id, query=query, title=title
         )

@@ -306,13 +306,14 @@ class Moderation(commands.Cog):
         self, interaction: discord.Interaction, user: discord.Member | discord.User
     ) -> None:
         assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
         jobs = await self.bot.store.count_history(interaction.guild_id, user_id=user.id)
         if not jobs:
-            await interaction.response.send_message(
+            await interaction.followup.send(
                 f"{user.mention} has no drawings in this server.", ephemeral=True
             )
             return
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"This deletes all {jobs} drawing(s) by {user.mention} in this server: the posted "
             "messages, the stored images and the history. Their drawings in other servers stay. "
             "It can't be undone. Continue?",
@@ -323,9 +324,10 @@ class Moderation(commands.Cog):
     @mod.command(name="audit", description="Recent purges in this server.")
     async def audit(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
         purges = await self.bot.store.purges(interaction.guild_id, limit=10)
         text = "\n".join(map(describe_purge, purges)) if purges else "No purges in this server."
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+        await interaction.followup.send(text[:2000], ephemeral=True)
 
 
 def _pattern_meaning(pattern: str) -> str:
