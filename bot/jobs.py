@@ -130,13 +130,15 @@ class Delivery:
             user = self.bot.get_user(self.user_id) or await self.bot.fetch_user(self.user_id)
             where = "its channel is gone or the bot can no longer post there"
             content = message.get("content")
+            extra: dict[str, Any] = {
+                key: message[key] for key in ("embed", "view") if message.get(key) is not None
+            }
             return await user.send(
                 content=f"{content}\n-# Sent here because {where}."
                 if content
                 else f"-# Sent here because {where}.",
-                embed=message.get("embed"),
                 files=[u.file() for u in message.get("uploads", [])],
-                view=message.get("view"),
+                **extra,
             )
         except discord.HTTPException as exc:
             log.warning(
