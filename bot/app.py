@@ -7,7 +7,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -192,14 +193,19 @@ class EaselBot(commands.Bot):
 
 
 def create_bot(
-    settings: Settings, *, sync_only: bool = False, proxy: str | None = None
+    settings: Settings,
+    *,
+    sync_only: bool = False,
+    proxy: str | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> EaselBot:
     """Build the bot and everything it owns. Does no I/O: ``setup_hook`` opens things.
 
     ``proxy``: an HTTP proxy URL for every connection to Discord (the entry point passes
-    HTTPS_PROXY's).
+    HTTPS_PROXY's). ``clock``: what the store stamps rows with instead of ``time.time`` (the
+    preview passes its simulated Discord's clock, which its page shows times against).
     """
-    store = Store(settings.db_path, settings.data_dir)
+    store = Store(settings.db_path, settings.data_dir, clock=clock or time.time)
     return EaselBot(settings, store, sync_only=sync_only, proxy=proxy)
 
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765
+# What the bot is called on the page (SimCord names its bot user "TestBot").
+BOT_NAME = "Easel"
 PREVIEW_MODEL = "tiny:shapes"
 PREVIEW_DB_PATH = Path("data/preview.sqlite3")
 PREVIEW_DATA_DIR = Path("data/preview")
@@ -38,6 +41,9 @@ PREVIEW_DATA_DIR = Path("data/preview")
 FOLLOW_INTERVAL = 0.5
 # Seconds between republishes for progress while drawings are under way (see _follow).
 PROGRESS_REFRESH = 3.0
+# The simulated clock is moved up to the real one when it is this many seconds behind (see
+# keep_time).
+MAX_CLOCK_LAG = 2.0
 
 
 class PreviewError(Exception):
@@ -66,6 +72,44 @@ def preview_settings(settings: Settings, environ: Mapping[str, str]) -> Settings
     if not given("DATA_DIR"):
         changes["data_dir"] = PREVIEW_DATA_DIR
     return replace(settings, **changes)
+
+
+class SimulatedClock:
+    """The simulated Discord's wall clock as ``time.time()`` would give it: what the store stamps
+    rows with, so "<t:…:R>" on the page (shown against the same clock) says "a minute ago".
+
+    Until ``env`` is set it gives the real time; serve_preview sets it once keep_time has moved
+    SimCord's clock (which starts at 2026-01-01) up to the real one.
+    """
+
+    def __init__(self) -> None:
+        self.env: simcord.Env | None = None
+
+    def __call__(self) -> float:
+        env = self.env
+        return env.now().timestamp() if env is not None else time.time()
+
+
+async def keep_time(env: simcord.Env) -> bool:
+    """Move the simulated clock up to the real one if it is behind; whether it moved.
+
+    SimCord's clock only moves when the bot's own timers fire, so left alone the page's clock
+    (and ``time.monotonic`` for the bot: cooldowns, view timeouts, the 15-minute interaction
+    tokens) would stand still. Moving it is an env operation: while a page action is running it
+    is skipped (SimCord refuses overlapping operations) and done at the next call.
+    """
+    import simcord
+
+    lag = (datetime.now(UTC) - env.now()).total_seconds()
+    if lag < MAX_CLOCK_LAG:
+        return False
+    try:
+        await env.advance_time(lag)
+    except simcord.SetupError:
+        return False  # a page action is running; its answer must not be judged late
+    except TimeoutError:
+        log.debug("the bot was busy while the simulated clock moved on", exc_info=True)
+    return True
 
 
 @dataclass
@@ -113,9 +157,10 @@ def describe(session: PreviewSession) -> str:
     s = session.bot.settings
     note = ""
     if s.model == "tiny:shapes":
+        example = session.bot.engine.capabilities.example_prompts[0]
         note = (
-            " (a small model trained on coloured shapes: try “a large red circle in the centre, "
-            f"white background”; set MODEL, e.g. MODEL={DEFAULT_MODEL}, for a real model)"
+            f" (a small model trained on coloured shapes: try “{example}”; "
+            f"set MODEL, e.g. MODEL={DEFAULT_MODEL}, for a real model)"
         )
     elif s.model.startswith("tiny:"):
         note = (
@@ -126,9 +171,9 @@ def describe(session: PreviewSession) -> str:
     return (
         "Easel is running in a local preview: the real bot on a simulated Discord, offline.\n"
         f"\n  Open {session.url}\n\n"
-        f'  Server "Easel preview", channel #draw. Act as {w.member.name} (a member) or '
-        f"{w.moderator.name} (a moderator)\n"
-        '  with "Viewing as"; type /draw in the message box.\n'
+        f'  Server "Easel preview", channel #draw, bot {session.bot.user}. Act as {w.member.name}\n'
+        f'  (a member) or {w.moderator.name} (a moderator) with "Viewing as"; type /draw in the\n'
+        "  message box.\n"
         f"  Model: {s.model}{note}.\n"
         f"  Database: {s.db_path}, pictures: {s.data_dir}/\n"
         "  Press Ctrl-C here to stop.\n"
@@ -159,11 +204,18 @@ async def serve_preview(
     from bot.app import create_bot
 
     chosen_port = pick_port(port)
-    bot = create_bot(settings)
+    clock = SimulatedClock()
+    bot = create_bot(settings, clock=clock)
     try:
         # check_errors=False: errors the bot answered politely (a bad width, a missing
         # permission) are recorded by SimCord and would otherwise be re-raised at exit.
         async with simcord.run(bot, check_errors=False) as env:
+            # One clock for the page and the database: today's real time, then kept in step.
+            await keep_time(env)
+            clock.env = env
+            # The bot renames itself as a real bot could (PATCH /users/@me).
+            assert bot.user is not None
+            await bot.user.edit(username=BOT_NAME)
             # setup_hook syncs only when the commands changed since the last start, but each
             # start is a fresh simulated Discord that has never seen them.
             await bot.tree.sync()
@@ -247,7 +299,8 @@ async def _enter_preview(
 
 
 async def _follow(session: PreviewSession, interval: float) -> None:
-    """Republish the page when the bot called Discord's API since the last look.
+    """Keep the simulated clock in step with the real one, and republish the page when the bot
+    called Discord's API since the last look.
 
     Results and progress come from the GPU thread after the page's action has settled; without
     this the page would show "Queued…" until the user clicks "Refresh preview".
@@ -259,6 +312,7 @@ async def _follow(session: PreviewSession, interval: float) -> None:
     published = 0.0
     while True:
         await asyncio.sleep(interval)
+        await keep_time(env)
         count = len(env.http_requests)
         if count == seen:
             continue

@@ -33,6 +33,8 @@ MAX_COUNT = 4
 MIN_SIDE = 64
 MAX_SIDE = 2048
 SIZE_MULTIPLE = 8
+# What /draw suggests for a model that doesn't bring examples of its own.
+DEFAULT_EXAMPLE_PROMPTS = ("a painting of a squirrel eating a banana",)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Capabilities:
     max_prompt_tokens: int
     max_steps: int = MAX_STEPS
     max_count: int = MAX_COUNT
+    # Prompts this model draws well, best first: the shapes model's are in its own words.
+    example_prompts: tuple[str, ...] = DEFAULT_EXAMPLE_PROMPTS
 
     def side_problem(self, name: str, side: int) -> str | None:
         """Why ``side`` pixels can't be a width or height (``name`` opens the message), or None."""
@@ -152,6 +156,7 @@ class Engine:
             samplers=tuple(s.id for s in supported),
             default_sampler=default.id,
             max_prompt_tokens=int(self._counting_tokenizer.model_max_length),
+            example_prompts=example_prompts(self.model, getattr(pipe, "name_or_path", None)),
         )
 
     def prompt_tokens(self, text: str) -> int:
@@ -217,7 +222,7 @@ class Engine:
                 "Eta only changes images drawn with the DDIM sampler; "
                 "pick sampler DDIM or leave eta at 0."
             )
-        return self._prompt_notes(r)
+        return [*self._size_notes(r.width or 0, r.height or 0), *self._prompt_notes(r)]
 
     def _check_size(self, width: int, height: int) -> None:
         for name, side in (("Width", width), ("Height", height)):
@@ -241,6 +246,16 @@ class Engine:
                 f"{sampler.label} can't be used with {self.model}: {why}. Try one of: {names}."
             )
         raise UnsupportedOption(f"Unknown sampler {sampler_id!r}. Try one of: {names}.")
+
+    def _size_notes(self, width: int, height: int) -> list[str]:
+        caps = self.capabilities
+        trained = (caps.default_width, caps.default_height)
+        if (width, height) == trained:
+            return []
+        return [
+            f"{self.model} was trained at {trained[0]}x{trained[1]}; at {width}x{height} its "
+            "pictures often come out stretched or repeated, and usually look worse."
+        ]
 
     def _prompt_notes(self, r: DrawRequest) -> list[str]:
         limit = self.capabilities.max_prompt_tokens
@@ -370,6 +385,43 @@ class Engine:
             # where it passes one, still wins.
             scheduler.step = functools.partial(scheduler.step, generator=generators)
         return scheduler
+
+
+def example_prompts(model: str, source: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """Prompts to suggest for ``model`` (a MODEL value; ``source``: where it was loaded from).
+
+    Needs no loaded model, so ``python -m bot sync`` describes /draw as a running bot does. The
+    shapes model knows only its own words; anything else gets the classic example.
+    """
+    if model == "tiny:shapes" or _is_shapes_folder(source or model):
+        return _shapes_examples()
+    return DEFAULT_EXAMPLE_PROMPTS
+
+
+@functools.cache
+def _shapes_examples() -> tuple[str, ...]:
+    """Captions in the shapes model's own phrasings, of combinations it was trained on.
+
+    All in the centre: the model ignores the place (see the README).
+    """
+    from pipeline.shapes.data import HELD_OUT, Attributes
+
+    chosen = [
+        (Attributes("circle", "red", "white", "large", "centre"), 0),
+        (Attributes("star", "yellow", "blue", "large", "centre"), 1),
+        (Attributes("ring", "green", "black", "small", "centre"), 0),
+        (Attributes("square", "purple", "orange", "large", "centre"), 3),
+    ]
+    return tuple(a.caption(phrasing) for a, phrasing in chosen if a not in HELD_OUT)
+
+
+def _is_shapes_folder(path: str | os.PathLike[str]) -> bool:
+    from pipeline.shapes.model import WEIGHTS_DIR
+
+    try:
+        return Path(path).resolve() == WEIGHTS_DIR.resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def batch_key(r: DrawRequest) -> tuple[Any, ...]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -21,10 +24,16 @@ import pytest
 
 from bot.__main__ import NO_TOKEN, choose, main
 from bot.preview import (
+    BOT_NAME,
+    FOLLOW_INTERVAL,
+    MAX_CLOCK_LAG,
     PREVIEW_MODEL,
     PreviewError,
     PreviewPage,
     PreviewSession,
+    SimulatedClock,
+    describe,
+    keep_time,
     pick_port,
     serve_preview,
 )
@@ -238,3 +247,91 @@ async def test_a_second_start_on_the_same_database_still_offers_the_commands(pre
             page = await PreviewPage(http, session.url).open(session.world.member)
             entries = (await page.get("/api/commands"))["entries"]
             assert "draw" in [e["invocation"] for e in entries]
+
+
+# -- what a person sees: the bot's name, the model's own example, one clock ----------------------
+
+
+@pytest.fixture
+def shapes_preview(preview_settings: Settings) -> Settings:
+    """The preview as `make run` serves it: the built-in shapes model."""
+    return replace(preview_settings, model=PREVIEW_MODEL, default_steps=2)
+
+
+async def test_the_bot_is_called_easel_on_the_page(shapes_preview):
+    async with served(shapes_preview) as session, aiohttp.ClientSession() as http:
+        assert session.bot.user.name == BOT_NAME == "Easel"
+        assert f"bot {BOT_NAME}." in describe(session)
+        page = await PreviewPage(http, session.url).open(session.world.member)
+        receipt = await page.run_command("draw", prompt="a large red circle in the centre")
+        assert not receipt["rejected"], receipt
+        await session.bot.executor.wait_idle()
+        await page.wait_for(lambda p: len(cards(p)) == 1)
+        authors = {m["author"]["name"] for m in page.messages()}
+        assert authors == {"Easel"}
+
+
+async def test_the_prompt_hint_is_an_example_of_the_loaded_model(shapes_preview):
+    async with served(shapes_preview) as session, aiohttp.ClientSession() as http:
+        example = session.bot.engine.capabilities.example_prompts[0]
+        assert example == "a large red circle in the centre, white background"
+        page = await PreviewPage(http, session.url).open(session.world.member)
+        catalog = await page.get("/api/commands")
+        entry = next(e for e in catalog["entries"] if e["invocation"] == "draw")
+        (prompt,) = [o for o in entry["options"] if o["name"] == "prompt"]
+        # What the composer shows beside the prompt field while it is being typed.
+        assert prompt["description"] == f"What to draw, e.g. {example}"
+        assert "squirrel" not in str(entry)
+        assert f"try “{example}”" in describe(session)
+
+
+def listings(page: PreviewPage) -> list[str]:
+    """The embed texts on the page that show a time ("<t:…:R>")."""
+    texts = [e.get("description") or "" for m in page.messages() for e in m["embeds"]]
+    return [t for t in texts if "<t:" in t]
+
+
+def unix_of(text: str) -> int:
+    match = re.search(r"<t:(\d+):R>", text)
+    assert match, text
+    return int(match.group(1))
+
+
+async def test_history_times_are_told_against_the_clock_the_page_shows(shapes_preview):
+    real_start = time.time()
+    async with served(shapes_preview) as session, aiohttp.ClientSession() as http:
+        env, bot = session.env, session.bot
+        # The simulated clock starts at today's real time, not SimCord's 2026-01-01.
+        assert abs(env.now().timestamp() - real_start) < 60
+        page = await PreviewPage(http, session.url).open(session.world.member)
+        await page.run_command("draw", prompt="a small green ring in the centre")
+        await bot.executor.wait_idle()
+        await page.wait_for(lambda p: len(cards(p)) == 1)
+        record = await bot.store.get_job(1)
+        # The database stamps rows with the simulated clock.
+        assert abs(record.created_at - env.now().timestamp()) < 5
+
+        await page.run_command("history")
+        await page.wait_for(lambda p: bool(listings(p)))
+        (listing,) = listings(page)
+        shown_at = datetime.fromisoformat(page.state["profile"]["presentationTime"]).timestamp()
+        # "<t:…:R>" is rendered against the page's presentation time: seconds ago, not weeks.
+        assert 0 <= shown_at - unix_of(listing) < 60, (listing, shown_at)
+
+        # The page's clock keeps up with the real one while the preview runs.
+        before = env.now()
+        await asyncio.sleep(MAX_CLOCK_LAG + 2 * FOLLOW_INTERVAL + 0.5)
+        assert (env.now() - before).total_seconds() >= MAX_CLOCK_LAG
+        assert abs(env.now().timestamp() - time.time()) < MAX_CLOCK_LAG + 2
+
+
+async def test_keep_time_moves_the_simulated_clock_up_to_the_real_one(simcord_env):
+    real = time.time()
+    assert simcord_env.now().timestamp() < real - 3600  # SimCord starts at 2026-01-01
+    assert await keep_time(simcord_env)
+    assert abs(simcord_env.now().timestamp() - time.time()) < 5
+    assert not await keep_time(simcord_env)  # in step: nothing to do
+    clock = SimulatedClock()
+    assert abs(clock() - time.time()) < 5  # the real time until it has an env
+    clock.env = simcord_env
+    assert clock() == simcord_env.now().timestamp()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.render import plural
+from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
 from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
 from pipeline.samplers import SAMPLERS
@@ -17,15 +19,37 @@ if TYPE_CHECKING:
     from bot.app import EaselBot
 
 SAMPLER_CHOICES = [app_commands.Choice(name=s.label, value=s.id) for s in SAMPLERS.values()]
+# Discord refuses option descriptions longer than this.
+MAX_DESCRIPTION = 100
+
+
+def prompt_description(examples: tuple[str, ...]) -> str:
+    """The /draw ``prompt`` option's description: the first example that fits Discord's limit."""
+    for example in examples:
+        text = f"What to draw, e.g. {example}"
+        if len(text) <= MAX_DESCRIPTION:
+            return text
+    return "What to draw"
 
 
 class Draw(commands.Cog):
     def __init__(self, bot: EaselBot) -> None:
         self.bot = bot
+        # The prompt's hint suggests what the loaded model draws (the shapes model knows only its
+        # own words). The description is part of the synced command, so it is set before the
+        # sync; `python -m bot sync` loads no model and asks by name.
+        engine = getattr(bot, "engine", None)
+        examples = (
+            engine.capabilities.example_prompts if engine else example_prompts(bot.settings.model)
+        )
+        params = self.draw._params  # this cog's copy of the command; the dict is its own
+        # to_dict sends str(description); a locale_str as discord.py makes of describe()'s.
+        hint = app_commands.locale_str(prompt_description(examples))
+        params["prompt"] = replace(params["prompt"], description=hint)
 
     @app_commands.command(name="draw", description="Draw a picture from a text prompt.")
     @app_commands.describe(
-        prompt="What to draw, e.g. a painting of a squirrel eating a banana",
+        prompt=prompt_description(DEFAULT_EXAMPLE_PROMPTS),  # each cog: the model's own
         negative_prompt="What to keep out of the picture (models that support it)",
         steps="Denoising steps: more is slower and usually finer (1-150)",
         guidance="How closely to follow the prompt (0-30; about 6-8 is typical)",
