@@ -9,7 +9,7 @@ import discord
 from PIL import Image
 
 from pipeline.pngmeta import PARAMETERS_KEY, png_bytes, read_parameters
-from pipeline.request import DrawRequest
+from pipeline.request import DrawRequest, guidance_label
 from pipeline.samplers import SAMPLERS, sampler_label
 
 EMBED_COLOUR = discord.Colour(0x5B8DEF)
@@ -35,8 +35,13 @@ def result_embed(
     eta_applies: bool,
     notes: tuple[str, ...] = (),
     parent_job_id: int | None = None,
+    pipeline_class: str | None = None,
 ) -> discord.Embed:
-    """The settings that made the picture, with the exact field names users look for."""
+    """The settings that made the picture, with the exact field names users look for.
+
+    Guidance is shown as it acts on ``pipeline_class`` (the engine's): "1 (off)", and on SD
+    models "0.5 (off)" too, since diffusers runs no classifier-free guidance there up to 1.
+    """
     embed = discord.Embed(description=shorten(request.prompt, 1000), colour=EMBED_COLOUR)
     if request.negative_prompt:
         embed.add_field(
@@ -45,7 +50,7 @@ def result_embed(
     seeds = request.seeds()
     embed.add_field(name="Seed", value=", ".join(map(str, seeds)))
     embed.add_field(name="Steps", value=str(request.steps))
-    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    embed.add_field(name="Guidance", value=guidance_label(request.guidance, pipeline_class))
     if eta_applies and request.sampler in SAMPLERS and SAMPLERS[request.sampler].uses_eta:
         embed.add_field(name="Eta", value=f"{request.eta:g}")
     embed.add_field(name="Sampler", value=sampler_label(request.sampler))

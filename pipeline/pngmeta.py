@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.request import DrawRequest
+from pipeline.request import DrawRequest, guidance_is_off
 from pipeline.samplers import SAMPLERS, get_sampler, sampler_label
 
 PARAMETERS_KEY = "parameters"
@@ -25,14 +25,29 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False) if re.search(r'[,"\n]', value) else value
 
 
-def format_parameters(request: DrawRequest, seed: int | None = None, *, eta: bool = True) -> str:
-    """The ``parameters`` text for one image of ``request`` (``seed`` defaults to its first)."""
+def format_parameters(
+    request: DrawRequest,
+    seed: int | None = None,
+    *,
+    eta: bool = True,
+    pipeline_class: str | None = None,
+) -> str:
+    """The ``parameters`` text for one image of ``request`` (``seed`` defaults to its first).
+
+    ``CFG scale`` keeps the number asked for, so the text redraws the same picture; where that
+    scale runs no classifier-free guidance on ``pipeline_class`` (see ``guidance_is_off``), a
+    ``Guidance: off`` pair follows it.
+    """
     r = request
     sampler = sampler_label(r.sampler)
     pairs = [
         ("Steps", str(r.steps)),
         ("Sampler", sampler),
         ("CFG scale", f"{r.guidance:g}"),
+    ]
+    if guidance_is_off(r.guidance, pipeline_class):
+        pairs.append(("Guidance", "off"))
+    pairs += [
         ("Seed", str(r.seed if seed is None else seed)),
         ("Size", f"{r.width}x{r.height}"),
         ("Model", _quote(str(r.model))),

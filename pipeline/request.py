@@ -9,9 +9,35 @@ from typing import Any
 MAX_SEED = 2**32 - 1
 
 
+# diffusers runs classifier-free guidance only for a guidance scale above 1 in
+# StableDiffusionPipeline and its kin (``do_classifier_free_guidance`` is ``guidance_scale > 1``):
+# any scale up to 1 draws exactly what 1 draws. LDMTextToImagePipeline guides at every scale but
+# exactly 1 (0.5 mixes the conditional and unconditional predictions half and half).
+GUIDES_BELOW_ONE = frozenset({"LDMTextToImagePipeline"})
+
+
 def random_seed() -> int:
     """A fresh seed in the range users can type back in (0..2**32-1)."""
     return secrets.randbelow(MAX_SEED + 1)
+
+
+def guidance_is_off(guidance: float, pipeline_class: str | None = None) -> bool:
+    """Whether ``pipeline_class`` runs no classifier-free guidance at scale ``guidance``.
+
+    Every pipeline skips it at exactly 1. Below 1 it depends on the pipeline; an unknown one
+    (``None``) is not claimed to skip it.
+    """
+    if guidance == 1:
+        return True
+    if pipeline_class is None or pipeline_class in GUIDES_BELOW_ONE:
+        return False
+    return guidance < 1
+
+
+def guidance_label(guidance: float, pipeline_class: str | None = None) -> str:
+    """The guidance as it acts, for people: ``6``, ``1 (off)``, ``0.5 (off)`` on SD models."""
+    text = f"{guidance:g}"
+    return f"{text} (off)" if guidance_is_off(guidance, pipeline_class) else text
 
 
 @dataclass(frozen=True)

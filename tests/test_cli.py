@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.pngmeta import read_parameters
+from tests.imagecheck import assert_close_images
 
 SQUIRREL = "A painting of a squirrel eating a banana"
 
@@ -46,12 +47,30 @@ def test_count_writes_one_file_per_seed_and_from_redraws_them(tmp_path: Path, ca
     out = tmp_path / "cat.png"
     assert main(["draw", "a cat", "--model", "tiny:sd", "--steps", "3", "--seed", "40",
                  "--count", "2", "--sampler", "euler_a", "-o", str(out)]) == 0  # fmt: skip
-    second = tmp_path / "cat-2.png"
+    first, second = tmp_path / "cat-1.png", tmp_path / "cat-2.png"
     assert "Seed: 41" in (read_parameters(second) or "")
     again = tmp_path / "again.png"
     assert main(["draw", "--from", str(second), "--model", "tiny:sd", "-o", str(again)]) == 0
-    assert Image.open(again).tobytes() == Image.open(second).tobytes()
     assert "seed=41" in capsys.readouterr().out
+    # Drawn alone, not beside seed 40: the same picture within the README's bound, not the bytes.
+    assert_close_images(Image.open(again), Image.open(second))
+    with pytest.raises(AssertionError):
+        assert_close_images(Image.open(again), Image.open(first))
+    # Drawn alone again: byte-identical.
+    twice = tmp_path / "twice.png"
+    assert main(["draw", "--from", str(again), "--model", "tiny:sd", "-o", str(twice)]) == 0
+    assert twice.read_bytes() == again.read_bytes()
+
+
+def test_guidance_that_runs_no_guidance_redraws_from_its_png(tmp_path: Path):
+    out = tmp_path / "dog.png"
+    assert main(["draw", "a dog", "--model", "tiny:sd", "--steps", "3", "--seed", "5",
+                 "--guidance", "0.5", "-o", str(out)]) == 0  # fmt: skip
+    params = read_parameters(out) or ""
+    assert "CFG scale: 0.5," in params  # the number asked for, as A1111 readers expect
+    again = tmp_path / "again.png"
+    assert main(["draw", "--from", str(out), "--model", "tiny:sd", "-o", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pipeline.pngmeta import (
     read_parameters,
     request_from_parameters,
 )
-from pipeline.request import DrawRequest
+from pipeline.request import DrawRequest, guidance_label
 
 REQUEST = DrawRequest(
     prompt="A painting of a squirrel eating a banana",
@@ -78,3 +78,43 @@ def test_parser_reads_a1111_output():
     assert parsed["settings"]["Lora hashes"] == "x: 1, y: 2"
     request = request_from_parameters(text)
     assert request.sampler == "dpmpp_2m_karras" and request.seed == 123
+
+
+def test_guidance_is_labelled_as_it_acts():
+    sd, ldm = "StableDiffusionPipeline", "LDMTextToImagePipeline"
+    assert guidance_label(6) == guidance_label(6, sd) == "6"
+    assert guidance_label(1) == guidance_label(1, sd) == guidance_label(1, ldm) == "1 (off)"
+    # diffusers' SD runs no classifier-free guidance up to 1: 0.5 draws what 1 draws.
+    assert guidance_label(0.5, sd) == "0.5 (off)" and guidance_label(0, sd) == "0 (off)"
+    # LDM guides at 0.5 (half conditional, half unconditional); an unknown pipeline isn't claimed.
+    assert guidance_label(0.5, ldm) == "0.5" and guidance_label(0.5) == "0.5"
+    assert guidance_label(1.5, sd) == "1.5" and guidance_label(7.25, ldm) == "7.25"
+
+
+def test_png_says_guidance_was_off_and_still_redraws_the_same_request():
+    request = DrawRequest(**{**REQUEST.to_dict(), "negative_prompt": "", "guidance": 0.5})
+    text = format_parameters(request, pipeline_class="StableDiffusionPipeline")
+    assert "CFG scale: 0.5, Guidance: off, Seed: 7," in text
+    assert parse_parameters(text)["settings"]["CFG scale"] == "0.5"  # A1111 reads a number
+    assert request_from_parameters(text) == request
+    assert "Guidance" not in format_parameters(REQUEST, pipeline_class="StableDiffusionPipeline")
+    ldm = format_parameters(request, pipeline_class="LDMTextToImagePipeline")
+    assert "CFG scale: 0.5, Seed" in ldm and "Guidance" not in ldm
+    unguided = format_parameters(DrawRequest(**{**request.to_dict(), "guidance": 1.0}))
+    assert "CFG scale: 1, Guidance: off," in unguided
+
+
+def test_result_embed_shows_guidance_as_it_acts():
+    from bot.render import result_embed
+
+    def shown(guidance: float, pipeline_class: str | None) -> str:
+        request = DrawRequest(**{**REQUEST.to_dict(), "guidance": guidance})
+        embed = result_embed(
+            request, 3, requester="<@1>", eta_applies=True, pipeline_class=pipeline_class
+        )
+        return {f.name: f.value for f in embed.fields}["Guidance"]
+
+    assert shown(0.5, "StableDiffusionPipeline") == "0.5 (off)"
+    assert shown(0.5, "LDMTextToImagePipeline") == "0.5"
+    assert shown(1, None) == "1 (off)"
+    assert shown(7.5, "StableDiffusionPipeline") == "7.5"

@@ -12,6 +12,7 @@ from pipeline.shapes import data
 from pipeline.shapes.classifier import Classifier
 from pipeline.shapes.model import WEIGHTS_DIR, build_tokenizer
 from pipeline.shapes.train import TrainConfig, train
+from tests.imagecheck import assert_close_images
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,23 @@ def test_same_seed_same_pixels(shapes_engine):
     first = shapes_engine.run(request).images[0]
     again = shapes_engine.run(request).images[0]
     assert first.tobytes() == again.tobytes()
+
+
+def test_a_picture_drawn_beside_other_jobs_is_the_one_drawn_alone_within_the_bound(
+    shapes_engine,
+):
+    # The executor batches different users' jobs; 20 steps and the default sampler, as the
+    # preview draws.
+    prompts = ["a large red circle in the centre, white background",
+               "a small blue star on the left, yellow background",
+               "a large green ring at the top, black background"]  # fmt: skip
+    requests = [DrawRequest(p, steps=20, guidance=6, seed=40 + i) for i, p in enumerate(prompts)]
+    batched = shapes_engine.run_batch(requests)
+    for request, result in zip(requests, batched, strict=True):
+        alone = shapes_engine.run(request).images[0]
+        assert_close_images(result.images[0], alone)
+    with pytest.raises(AssertionError):  # and a neighbour's picture is not "the same"
+        assert_close_images(batched[0].images[0], batched[1].images[0])
 
 
 def _redness(image) -> float:
