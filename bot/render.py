@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
+from bot.text import plain
 from pipeline.pngmeta import PARAMETERS_KEY, png_bytes, read_parameters
 from pipeline.request import DrawRequest, guidance_label
 from pipeline.samplers import SAMPLERS, sampler_label
@@ -42,10 +43,11 @@ def result_embed(
     Guidance is shown as it acts on ``pipeline_class`` (the engine's): "1 (off)", and on SD
     models "0.5 (off)" too, since diffusers runs no classifier-free guidance there up to 1.
     """
-    embed = discord.Embed(description=shorten(request.prompt, 1000), colour=EMBED_COLOUR)
+    # User text, shown literally: no masked links or markdown under the bot's name.
+    embed = discord.Embed(description=plain(shorten(request.prompt, 1000)), colour=EMBED_COLOUR)
     if request.negative_prompt:
         embed.add_field(
-            name="Negative prompt", value=shorten(request.negative_prompt, 500), inline=False
+            name="Negative prompt", value=plain(shorten(request.negative_prompt, 400)), inline=False
         )
     seeds = request.seeds()
     embed.add_field(name="Seed", value=", ".join(map(str, seeds)))
