@@ -33,7 +33,7 @@ from pipeline.request import DrawRequest, DrawResult, random_seed
 from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Host
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Delivery:
 
     def __init__(
         self,
-        bot: EaselBot,
+        bot: Host,
         *,
         channel_id: int | None,
         user_id: int,
@@ -177,7 +177,7 @@ class JobRunner:
 
     def __init__(
         self,
-        bot: EaselBot,
+        bot: Host,
         store: Store,
         engine: Any,
         executor: Executor,

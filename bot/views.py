@@ -13,7 +13,7 @@ from bot.render import EMBED_COLOUR
 from bot.store import JobRecord
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Easel
 
 PAGE_SIZE = 5
 
@@ -40,7 +40,7 @@ class RerollButton(
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        bot: EaselBot = interaction.client  # type: ignore[assignment]
+        bot: Easel = interaction.client  # type: ignore[assignment]
         await bot.guarded(interaction, bot.jobs.reroll(interaction, self.job_id))
 
 
@@ -62,7 +62,7 @@ class DeleteButton(
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        bot: EaselBot = interaction.client  # type: ignore[assignment]
+        bot: Easel = interaction.client  # type: ignore[assignment]
         await bot.guarded(interaction, bot.jobs.delete(interaction, self.job_id))
 
 

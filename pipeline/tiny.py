@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline.bpe import bytes_to_unicode
+
 TINY_MODELS = ("shapes", "sd", "ldm")
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
 _RECIPE_VERSION = 1
@@ -56,21 +58,6 @@ def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's byte-level BPE alphabet, for tokenizers built here."""
-    # Printable bytes map to themselves, the rest to code points above 255.
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def _tokenizer():

@@ -16,7 +16,7 @@ from pipeline.request import MAX_SEED, DrawRequest
 from pipeline.samplers import SAMPLERS
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Easel
 
 SAMPLER_CHOICES = [app_commands.Choice(name=s.label, value=s.id) for s in SAMPLERS.values()]
 # Discord refuses option descriptions longer than this.
@@ -33,7 +33,7 @@ def prompt_description(examples: tuple[str, ...]) -> str:
 
 
 class Draw(commands.Cog):
-    def __init__(self, bot: EaselBot) -> None:
+    def __init__(self, bot: Easel) -> None:
         self.bot = bot
         # The prompt's hint suggests what the loaded model draws (the shapes model knows only its
         # own words). The description is part of the synced command, so it is set before the
@@ -155,5 +155,5 @@ class Draw(commands.Cog):
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
 
-async def setup(bot: EaselBot) -> None:
+async def setup(bot: Easel) -> None:
     await bot.add_cog(Draw(bot))

@@ -13,11 +13,11 @@ from bot.text import plain
 from bot.views import COUNT_CAP, PAGE_SIZE, HistoryPages
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Easel
 
 
 async def show_history(
-    bot: EaselBot,
+    bot: Easel,
     interaction: discord.Interaction,
     *,
     user_id: int | None,
@@ -51,7 +51,7 @@ async def show_history(
 
 
 class History(commands.Cog):
-    def __init__(self, bot: EaselBot) -> None:
+    def __init__(self, bot: Easel) -> None:
         self.bot = bot
 
     @app_commands.command(name="history", description="Your drawings in this server.")
@@ -64,5 +64,5 @@ class History(commands.Cog):
         )
 
 
-async def setup(bot: EaselBot) -> None:
+async def setup(bot: Easel) -> None:
     await bot.add_cog(History(bot))

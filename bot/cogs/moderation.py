@@ -21,7 +21,7 @@ from bot.wordfilter import parse_pattern
 from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Easel
 
 
 _SETTING_LABELS = {
@@ -58,7 +58,7 @@ class Moderation(commands.Cog):
         default_permissions=discord.Permissions(manage_messages=True),
     )
 
-    def __init__(self, bot: EaselBot) -> None:
+    def __init__(self, bot: Easel) -> None:
         self.bot = bot
 
     @mod.command(name="history", description="Any member's drawings in this server.")
@@ -356,7 +356,7 @@ def describe_purge(purge: PurgeRecord) -> str:
 class ConfirmPurge(discord.ui.View):
     """Yes/No for the moderator who asked; nothing is deleted until they click Yes."""
 
-    def __init__(self, bot: EaselBot, moderator_id: int, target_id: int) -> None:
+    def __init__(self, bot: Easel, moderator_id: int, target_id: int) -> None:
         super().__init__(timeout=120)
         self.bot = bot
         self.moderator_id = moderator_id
@@ -397,5 +397,5 @@ def _require_manage_server(interaction: discord.Interaction) -> None:
         raise app_commands.MissingPermissions(["manage_guild"])
 
 
-async def setup(bot: EaselBot) -> None:
+async def setup(bot: Easel) -> None:
     await bot.add_cog(Moderation(bot))

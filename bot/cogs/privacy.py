@@ -9,13 +9,13 @@ from discord import app_commands
 from discord.ext import commands
 
 if TYPE_CHECKING:
-    from bot.app import EaselBot
+    from bot.protocols import Easel
 
 
 class ConfirmForget(discord.ui.View):
     """Yes/No buttons for the one user who asked; nothing happens until they click Yes."""
 
-    def __init__(self, bot: EaselBot, user_id: int) -> None:
+    def __init__(self, bot: Easel, user_id: int) -> None:
         super().__init__(timeout=120)
         self.bot = bot
         self.user_id = user_id
@@ -43,7 +43,7 @@ class ConfirmForget(discord.ui.View):
 
 
 class Privacy(commands.Cog):
-    def __init__(self, bot: EaselBot) -> None:
+    def __init__(self, bot: Easel) -> None:
         self.bot = bot
 
     @app_commands.command(
@@ -59,5 +59,5 @@ class Privacy(commands.Cog):
         )
 
 
-async def setup(bot: EaselBot) -> None:
+async def setup(bot: Easel) -> None:
     await bot.add_cog(Privacy(bot))

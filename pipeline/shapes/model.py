@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.tiny import bytes_to_unicode
+from pipeline.bpe import bytes_to_unicode
 
 MAX_TOKENS = 77
 # Where the trained weights are committed; ``tiny:shapes`` names this folder.
