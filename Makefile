@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/executor.py
 	$(PY) bench/shapes_quality.py
+	$(PY) bench/batch_invariance.py
 
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)
