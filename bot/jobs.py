@@ -540,6 +540,7 @@ class JobRunner:
             return
         request = result.request
         eta = self.engine.capabilities.eta
+        kind = self.engine.capabilities.pipeline_class
         flags = result.nsfw or (False,) * len(result.images)
         pairs = list(zip(result.images, result.seeds, strict=True))
         flagged = sum(map(bool, flags))
@@ -552,7 +553,8 @@ class JobRunner:
         withheld = flagged - shown_flagged
         pngs = await asyncio.to_thread(
             lambda: [
-                png_bytes(image, format_parameters(request, seed, eta=eta)) for image, seed in pairs
+                png_bytes(image, format_parameters(request, seed, eta=eta, pipeline_class=kind))
+                for image, seed in pairs
             ]
         )
         seeds = [seed for _, seed in pairs]
@@ -646,6 +648,7 @@ class JobRunner:
             job.id,
             requester=f"<@{delivery.user_id}>",
             eta_applies=self.engine.capabilities.eta,
+            pipeline_class=self.engine.capabilities.pipeline_class,
             notes=notes,
             parent_job_id=job.parent_job_id,
         )
