@@ -381,21 +381,12 @@ class JobRunner:
         records = await self.store.unfinished_jobs()
         requeued = 0
         for record in records:
-            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
-            request = replace(record.request, model=None)
-            job = _Job(
-                record.id,
-                delivery,
-                record.parent_job_id,
-                record.guild_id,
-                record.user_id,
-                request,
-            )
+            job = self._restored(record, replace(record.request, model=None))
             if record.attempts >= self.max_attempts:
                 self._start_background(self._give_up(job, record.attempts))
                 continue
             try:
-                self._submit(job, request, enforce_caps=False)
+                self._submit(job, job.request, enforce_caps=False)
                 requeued += 1
             except Exception as exc:
                 log.exception("could not re-queue job %s", record.id)
@@ -404,17 +395,15 @@ class JobRunner:
             log.info("re-queued %d unfinished job(s) after a restart", requeued)
         for record in await self.store.undelivered_jobs():
             # Drawn and stored, but the process died before posting: post from disk.
-            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
-            job = _Job(
-                record.id,
-                delivery,
-                record.parent_job_id,
-                record.guild_id,
-                record.user_id,
-                record.request,
-            )
-            self._start_background(self._repost(job, record))
+            self._start_background(self._repost(self._restored(record, record.request), record))
         return requeued
+
+    def _restored(self, record: JobRecord, request: DrawRequest) -> _Job:
+        """A job from the database, delivered to its channel (its interaction is long gone)."""
+        delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+        return _Job(
+            record.id, delivery, record.parent_job_id, record.guild_id, record.user_id, request
+        )
 
     def _start_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
