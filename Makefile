@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(PY) bench/executor.py
 	$(PY) bench/shapes_quality.py
 	$(PY) bench/batch_invariance.py
+	$(PY) bench/history.py
+	$(PY) bench/cpu_threads.py
 
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)

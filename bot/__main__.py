@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from bot.settings import Settings, SettingsError
+from pipeline.cpu import CpuConfigError, configure_cpu_threads
 
 Mode = Literal["run", "sync", "preview", "no-token"]
 
@@ -328,10 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         loaded = Settings.from_env()
-    except SettingsError as exc:
+        mode, settings = choose(args.command, loaded, os.environ)
+        # Before anything imports torch; the thread count depends on the model.
+        configure_cpu_threads(settings.torch_threads, model=settings.model)
+    except (SettingsError, CpuConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mode, settings = choose(args.command, loaded, os.environ)
     from bot.app import configure_logging
     from pipeline.engine import quiet_library_logs
 

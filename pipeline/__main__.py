@@ -8,9 +8,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.cpu import CpuConfigError, configure_cpu_threads
 from pipeline.engine import DEFAULT_MODEL
 from pipeline.errors import EaselError
-from pipeline.request import MAX_SEED, DrawRequest
+from pipeline.request import MAX_SEED, DrawRequest, guidance_label
 from pipeline.samplers import SAMPLERS, sampler_label
 
 
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         "draw",
         help="draw a prompt into PNG files that carry their settings",
         description="Draw PROMPT. The PNG carries every setting (A1111 'parameters' chunk); "
-        "the same settings and seed always give the same pixels.",
+        "the same settings and seed give the same picture (byte-identical on the same machine).",
     )
     draw.add_argument("prompt", nargs="?", help="what to draw (optional with --from)")
     draw.add_argument("--model", help=model_help)
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        configure_cpu_threads(model=args.model or DEFAULT_MODEL)  # before anything imports torch
+    except CpuConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
     from pipeline.engine import Engine, quiet_library_logs
 
@@ -155,11 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             # Same rule as the bot's default: what the safety checker flags is not kept.
             print(f"{path}  seed={seed}  not written: the safety checker flagged it")
             continue
-        save_png(image, path, format_parameters(r, seed, eta=engine.capabilities.eta))
+        save_png(
+            image,
+            path,
+            format_parameters(
+                r,
+                seed,
+                eta=engine.capabilities.eta,
+                pipeline_class=engine.capabilities.pipeline_class,
+            ),
+        )
         print(f"{path}  seed={seed}")
     sampler = sampler_label(r.sampler)
     print(
-        f"{r.width}x{r.height}, {r.steps} steps, {sampler}, guidance {r.guidance:g}, "
+        f"{r.width}x{r.height}, {r.steps} steps, {sampler}, "
+        f"guidance {guidance_label(r.guidance, engine.capabilities.pipeline_class)}, "
         f"model {r.model}, {result.duration_s / r.count:.2f} s per image",
         file=sys.stderr,
     )

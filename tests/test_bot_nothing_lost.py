@@ -61,7 +61,9 @@ async def test_attempts_are_recorded_before_drawing_and_a_crash_loop_stops(world
     await shut_down(new)
     await env.restart_bot(again)
     await world.idle()
-    assert len([m for m in world.channel.history() if "Job #2 was stopped" in (m.content or "")]) == 1
+    assert (
+        len([m for m in world.channel.history() if "Job #2 was stopped" in (m.content or "")]) == 1
+    )
 
 
 async def test_a_deleted_queued_message_still_gets_its_result_in_the_channel(world):
@@ -97,9 +99,7 @@ async def test_a_closed_channel_sends_the_result_by_dm(world):
     assert (await world.bot.store.get_job(1)).message_id == dm.id
 
 
-async def test_a_result_that_cant_be_posted_anywhere_is_recorded_and_not_reposted(
-    world, make_bot
-):
+async def test_a_result_that_cant_be_posted_anywhere_is_recorded_and_not_reposted(world, make_bot):
     env = world.env
     world.bot.executor.pause()
     await world.alice.slash(world.channel, "draw", prompt="a cat")
