@@ -13,12 +13,15 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipeline.cpu import configure_cpu_threads
 from pipeline.engine import Engine, quiet_library_logs
 from pipeline.executor import Executor
 from pipeline.request import DrawRequest
@@ -92,11 +95,47 @@ async def through_executor(engine: Engine, max_batch: int) -> tuple[float, float
     return elapsed, watcher.worst
 
 
+def threads_in_turn(engine: Engine) -> None:
+    """The plain calls on a first thread, then on the main thread, then on a second thread.
+
+    Each thread that computes gets its own OpenMP team, and an idle team's threads spin for a
+    while: this measures whether the second thread's calls run slower than the first's.
+    """
+    import torch
+
+    def calls() -> float:
+        t = time.perf_counter()
+        for _, r in requests():
+            g = torch.Generator("cpu").manual_seed(r.seed or 0)
+            engine.pipe(r.prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=g)
+        return time.perf_counter() - t
+
+    def on_new_thread(work: Callable[[], object]) -> float:
+        box: list[float] = []
+
+        def run() -> None:
+            work()
+            box.append(calls())
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return box[0]
+
+    first = on_new_thread(lambda: engine.pipe("warm up", num_inference_steps=2))
+    main_thread = calls()
+    second = on_new_thread(lambda: None)
+    print(f"first_thread={first:.4f} main_thread={main_thread:.4f} second_thread={second:.4f}")
+
+
 async def run_part(part: str, model: str, device: str) -> None:
     """One measurement, alone in this process; prints ``elapsed=... stall=...``."""
     engine = Engine.load(model, device=device)
     if part == "memory":
         await memory_over_many_jobs(engine)
+        return
+    if part == "threads":
+        threads_in_turn(engine)
         return
     if part == "plain":
         elapsed, stall = await plain(engine)
@@ -106,9 +145,9 @@ async def run_part(part: str, model: str, device: str) -> None:
 
 
 def measure(part: str, args: argparse.Namespace) -> tuple[float, float, str]:
-    # Each measurement gets a fresh process: once one thread has run torch's CPU kernels, another
-    # thread's runs slow down 2-3x (competing OpenMP teams, measured here), which would bias
-    # whichever side runs second. The bot computes on one thread only, like each part here.
+    # Each measurement gets a fresh process, so that no side runs after another one's threads
+    # (a second computing thread once measured 2-3x slower here; the "threads" part re-measures
+    # it). The bot computes on one thread only, like each part here.
     cmd = [sys.executable, __file__, "--part", part, "--model", args.model, "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("elapsed="))
@@ -122,6 +161,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # As the bot does, before torch loads (EASEL_CPU_CONFIG=0: torch's defaults).
+    configure_cpu_threads(model=args.model)
     quiet_library_logs()
     if args.part:
         asyncio.run(run_part(args.part, args.model, args.device))
@@ -155,6 +196,27 @@ def main() -> None:
         args.device,
     ]
     print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
+    threads_line(args)
+
+
+def threads_line(args: argparse.Namespace) -> None:
+    """Does a second computing thread still run slower than the first? With and without
+    Easel's CPU configuration (pipeline/cpu.py), best of three fresh processes each."""
+    cmd = [sys.executable, __file__, "--part", "threads", "--model", args.model]
+    for label, switch in (("torch defaults", "0"), ("Easel's CPU configuration", "1")):
+        env = {**os.environ, "EASEL_CPU_CONFIG": switch}
+        best: dict[str, float] = {}
+        for _ in range(3):
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            line = next(x for x in out.splitlines() if x.startswith("first_thread="))
+            for key, value in (kv.split("=") for kv in line.split()):
+                best[key] = min(best.get(key, float("inf")), float(value))
+        first, second = best["first_thread"], best["second_thread"]
+        print(
+            f"same {JOBS} plain calls on a 1st thread, the main thread, a 2nd thread "
+            f"({label}): {first:.2f}s, {best['main_thread']:.2f}s, {second:.2f}s "
+            f"(2nd/1st {second / first:.2f})"
+        )
 
 
 def rss_mib() -> float:

@@ -6,7 +6,7 @@ one other process kept one core busy. ``configure_cpu_threads()`` (called first 
 ``python -m bot`` and ``python -m pipeline``) makes waiting threads sleep (``OMP_WAIT_POLICY=
 PASSIVE``) and sizes torch's thread pool: ``TORCH_THREADS`` if set, else one thread per physical
 core this process may use, except one thread for the built-in tiny models (their operations are
-too small to share; waking a sleeping helper for each one made them up to 3x slower).
+too small to share; waking a sleeping helper for each one made them 2.5x slower).
 
 The OpenMP runtime reads its environment once, when torch loads it: after ``import torch`` only
 the thread count can still change. Pictures depend on torch's thread count (see DESIGN.md), so
@@ -108,7 +108,7 @@ def overhead_bound(model: str | None) -> bool:
     """Whether ``model`` is one of the built-in tiny models, bound by Python overhead.
 
     Their operations are too small to share between threads: a second thread only adds the cost
-    of waking it (3x slower on an idle 2-core VM with sleeping waiters), so they get one thread.
+    of waking it (2.5x slower on an idle 2-core VM with sleeping waiters), so they get one thread.
     """
     return model is not None and model.startswith("tiny:")
 
