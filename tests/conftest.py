@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+# Torch's threads are set once, before torch loads, as the bot and the CLI do: a later call
+# (a test running the CLI's main() in this process) must not change the count mid-session, since
+# the count changes the pictures' bits, and spinning waiters slow every draw on a shared CPU.
+from pipeline.cpu import configure_cpu_threads
+
+configure_cpu_threads(model="tiny:sd")
+
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
