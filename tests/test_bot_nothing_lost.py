@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 
 from tests.conftest import shut_down
 
@@ -166,8 +165,8 @@ async def test_a_purge_while_a_result_is_being_delivered_leaves_no_post(world, m
     assert r.response.embeds
 
 
-async def test_forget_stops_queued_work_and_drops_results_in_flight(world, monkeypatch):
-    bot, store = world.bot, world.bot.store
+async def test_forget_stops_queued_work_and_drops_results_in_flight(world):
+    bot = world.bot
     bot.executor.pause()
     await world.alice.slash(world.channel, "draw", prompt="first")
     await world.alice.slash(world.channel, "draw", prompt="second")
