@@ -224,6 +224,7 @@ async def test_interactions_answer_before_waiting_for_the_database(world, monkey
         (world.mod, "mod settings show", {}),
     ]
     for member, name, options in commands:
+        await world.idle()  # the previous command's drawing would use the store meanwhile
         events.clear()
         await member.slash(world.channel, name, **options)
         assert events and events[0] == "answer", (name, options, events)
