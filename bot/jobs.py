@@ -673,17 +673,18 @@ class JobRunner:
         """Delete a posted result: its requester, or a member with Manage Messages in the
         server it was posted in."""
         record = await self.store.get_job(job_id)
-        if record is None:
+        mine = record is not None and interaction.user.id == record.user_id
+        here = (
+            record is not None
+            and interaction.guild_id is not None
+            and record.guild_id == interaction.guild_id
+        )
+        if record is None or not (mine or here):
+            # Another server's or someone's DM job reads as missing: its number says nothing.
             await answer_privately(interaction, f"There is no job #{job_id} here.")
             return
-        mine = interaction.user.id == record.user_id
         perms = getattr(interaction, "permissions", None)
-        moderator = (
-            interaction.guild_id is not None
-            and record.guild_id == interaction.guild_id
-            and perms is not None
-            and perms.manage_messages
-        )
+        moderator = here and perms is not None and perms.manage_messages
         if not (mine or moderator):
             await answer_privately(
                 interaction,
