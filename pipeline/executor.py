@@ -39,6 +39,8 @@ class QueueEntry:
     user_id: int
     group: int | None
     state: Literal["running", "queued"]
+    # The request this job is part of: its own ticket, or a comparison's id for each cell.
+    unit: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class _Job:
     # Who the job belongs to besides its user (the bot: its server; None: DMs). Pausing a group
     # holds its jobs back while others run.
     group: int | None = None
+    # Jobs sharing a unit (the cells of one comparison) count as one request against the caps,
+    # but each is served on its own turn of the round-robin: fairness is by the picture.
+    unit: int = 0
     cancelled: bool = False
     # Set when on_done has been dispatched: every job gets exactly one outcome.
     ended: bool = False
@@ -190,13 +195,16 @@ class Executor:
         ticket: int | None = None,
         enforce_caps: bool = True,
         group: int | None = None,
+        unit: int | None = None,
     ) -> int:
         """Queue ``request`` for ``user_id``; returns its ticket. Call from the event loop.
 
         ``on_progress(step, total)`` (step 0 when the job starts) and ``on_done(outcome)`` run on
         the loop, in the caller's context; coroutine functions become tasks.
         Raises ``QueueFull`` over the per-user or global cap, unless ``enforce_caps`` is off
-        (jobs recovered after a restart were accepted once already).
+        (jobs recovered after a restart were accepted once already). Jobs submitted with the
+        same ``unit`` (the cells of one comparison) count once against the caps: only the first
+        of them can be refused.
         """
         loop = asyncio.get_running_loop()
         if self._loop is None or self._idle is None:
@@ -205,7 +213,7 @@ class Executor:
         idle = self._idle
         request = self.engine.resolve(request)
         with self._lock:
-            if enforce_caps:
+            if enforce_caps and not (unit is not None and self._has_unit(user_id, unit)):
                 self._check_capacity_locked(user_id)
             ticket = next(self._tickets) if ticket is None else ticket
             if ticket in self._jobs:
@@ -218,6 +226,7 @@ class Executor:
                 on_done,
                 contextvars.copy_context(),
                 group=group,
+                unit=ticket if unit is None else unit,
             )
             self._jobs[ticket] = job
             if user_id not in self._queues:
@@ -235,17 +244,24 @@ class Executor:
         with self._lock:
             self._check_capacity_locked(user_id)
 
+    def _has_unit(self, user_id: int, unit: int) -> bool:
+        return any(j.unit == unit and j.user_id == user_id for j in self._jobs.values())
+
+    def _units(self, jobs: Any) -> int:
+        """How many requests ``jobs`` are: a comparison's cells count once."""
+        return len({(j.user_id, j.unit) for j in jobs})
+
     def _check_capacity_locked(self, user_id: int) -> None:
-        mine = sum(1 for j in self._jobs.values() if j.user_id == user_id)
+        mine = self._units(j for j in self._jobs.values() if j.user_id == user_id)
         if mine >= self.max_per_user:
             raise QueueFull(
                 f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
                 f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
                 "or use /cancel."
             )
-        if len(self._jobs) >= self.max_queue:
+        if (everyone := self._units(self._jobs.values())) >= self.max_queue:
             raise QueueFull(
-                f"The queue is full: {len(self._jobs)} drawings are waiting or in progress. "
+                f"The queue is full: {everyone} drawings are waiting or in progress. "
                 "Please try again in a few minutes."
             )
 
@@ -278,17 +294,20 @@ class Executor:
     def snapshot(self) -> list[QueueEntry]:
         """Every job, running ones first, then queued ones in the order they will start."""
         with self._lock:
-            running = [QueueEntry(j.ticket, j.user_id, j.group, "running") for j in self._running]
+            running = [
+                QueueEntry(j.ticket, j.user_id, j.group, "running", j.unit) for j in self._running
+            ]
             return running + [
-                QueueEntry(j.ticket, j.user_id, j.group, "queued") for j in self._fair_order()
+                QueueEntry(j.ticket, j.user_id, j.group, "queued", j.unit)
+                for j in self._fair_order()
             ]
 
     def pending(self, user_id: int | None = None, *, group: int | EllipsisType | None = ...) -> int:
-        """How many jobs are queued or running (for one user, or for everyone; in one group if
-        ``group`` is given)."""
+        """How many requests are queued or running (for one user, or for everyone; in one group
+        if ``group`` is given). A comparison counts once, however many cells it has left."""
         with self._lock:
-            return sum(
-                1
+            return self._units(
+                j
                 for j in self._jobs.values()
                 if (user_id is None or j.user_id == user_id) and (group is ... or j.group == group)
             )

@@ -37,8 +37,7 @@ class JobsMixin(FilesMixin):
         if status not in ("queued", "refused"):
             raise ValueError(f"a new job is 'queued' or 'refused', not {status!r}")
         now = self._clock()
-        values: dict[str, Any] = {name: getattr(request, name) for name in REQUEST_COLUMNS}
-        values |= {
+        columns: dict[str, Any] = {
             "guild_id": guild_id,
             "channel_id": channel_id,
             "user_id": user_id,
@@ -48,20 +47,72 @@ class JobsMixin(FilesMixin):
             "created_at": now,
             "finished_at": None if status == "queued" else now,
         }
-        columns = ", ".join(values)
-        marks = ", ".join("?" * len(values))
         async with self._transaction(write=True) as db:
-            if parent_job_id is not None and not await self._scalar(
-                db, "SELECT 1 FROM jobs WHERE id = ?", (parent_job_id,)
-            ):
-                raise JobNotFound(f"the parent job {parent_job_id} does not exist")
-            cursor = await db.execute(
-                f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(values.values())
+            await self._check_parent(db, parent_job_id)
+            return await self._insert_job(db, request, columns)
+
+    async def _check_parent(self, db: aiosqlite.Connection, parent_job_id: int | None) -> None:
+        if parent_job_id is not None and not await self._scalar(
+            db, "SELECT 1 FROM jobs WHERE id = ?", (parent_job_id,)
+        ):
+            raise JobNotFound(f"the parent job {parent_job_id} does not exist")
+
+    async def add_comparison(
+        self,
+        base: DrawRequest,
+        spec: str,
+        cells: Sequence[DrawRequest],
+        *,
+        guild_id: int | None,
+        channel_id: int | None,
+        user_id: int,
+        user_name: str,
+        parent_job_id: int | None = None,
+    ) -> tuple[int, list[int]]:
+        """Record a comparison (its shared settings and ``spec``) and one queued job per cell,
+        in one transaction; returns the comparison's number and the cells' numbers in order."""
+        if not cells:
+            raise ValueError("a comparison needs at least one cell")
+        now = self._clock()
+        who: dict[str, Any] = {
+            "guild_id": guild_id,
+            "channel_id": channel_id,
+            "user_id": user_id,
+            "user_name": user_name,
+            "status": "queued",
+            "created_at": now,
+        }
+        async with self._transaction(write=True) as db:
+            await self._check_parent(db, parent_job_id)
+            compare_id = await self._insert_job(
+                db, base, who | {"kind": "compare", "spec": spec, "parent_job_id": parent_job_id}
             )
-            job_id = cursor.lastrowid
-            await cursor.close()
+            cell_ids = [
+                await self._insert_job(db, cell, who | {"compare_id": compare_id}) for cell in cells
+            ]
+        return compare_id, cell_ids
+
+    @staticmethod
+    async def _insert_job(
+        db: aiosqlite.Connection, request: DrawRequest, columns: dict[str, Any]
+    ) -> int:
+        values = {name: getattr(request, name) for name in REQUEST_COLUMNS} | columns
+        cursor = await db.execute(
+            f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+        job_id = cursor.lastrowid
+        await cursor.close()
         assert job_id is not None
         return job_id
+
+    async def comparison_cells(self, compare_id: int) -> list[JobRecord]:
+        """A comparison's cells with their images, in cell order."""
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"{_SELECT_JOBS} WHERE compare_id = ? ORDER BY id", (compare_id,)
+            )
+            return await self._records(db, rows)
 
     async def mark_running(self, job_id: int) -> None:
         """Mark a job as started; also allowed on a ``running`` job re-run after a crash."""
@@ -114,12 +165,14 @@ class JobsMixin(FilesMixin):
         await self._finish(job_id, "cancelled")
 
     async def set_message(self, job_id: int, message_id: int, jump_url: str) -> None:
-        """Remember where the job's result was posted (the jump URL, never a CDN link)."""
+        """Remember where the job's result was posted (the jump URL, never a CDN link).
+
+        A comparison's cells are posted in its grid: they get the same message."""
         async with self._transaction(write=True) as db:
             changed = await self._write(
                 db,
-                "UPDATE jobs SET message_id = ?, jump_url = ? WHERE id = ?",
-                (message_id, jump_url, job_id),
+                "UPDATE jobs SET message_id = ?, jump_url = ? WHERE id = ? OR compare_id = ?",
+                (message_id, jump_url, job_id, job_id),
             )
             if not changed:
                 raise JobNotFound(f"job {job_id} does not exist")
@@ -128,11 +181,12 @@ class JobsMixin(FilesMixin):
         """Mark a job's post as deleted; it stays in history, marked. The first deletion wins."""
         async with self._transaction(write=True) as db:
             await self._status_for_update(db, job_id)  # raises JobNotFound
+            # A comparison's grid is its cells' post too: they go with it.
             await self._write(
                 db,
                 "UPDATE jobs SET deleted_at = ?, deleted_by = ? "
-                "WHERE id = ? AND deleted_at IS NULL",
-                (self._clock(), by_user_id, job_id),
+                "WHERE (id = ? OR compare_id = ?) AND deleted_at IS NULL",
+                (self._clock(), by_user_id, job_id, job_id),
             )
 
     async def get_job(self, job_id: int) -> JobRecord | None:
@@ -178,13 +232,15 @@ class JobsMixin(FilesMixin):
     async def undelivered_jobs(self, *, max_age_s: float = 86400.0) -> list[JobRecord]:
         """Jobs drawn and stored but never posted (the process died in between), oldest first.
 
-        Only recent ones: a result a day late is news to nobody.
+        Only recent ones: a result a day late is news to nobody. A comparison's cells are not
+        posted on their own (their grid is), so they are not listed.
         """
         since = self._clock() - max_age_s
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
                 f"{_SELECT_JOBS} WHERE status = 'done' AND message_id IS NULL "
-                "AND deleted_at IS NULL AND delivery_failed IS NULL AND channel_id IS NOT NULL "
+                "AND compare_id IS NULL AND deleted_at IS NULL AND delivery_failed IS NULL "
+                "AND channel_id IS NOT NULL "
                 "AND finished_at >= ? "
                 "ORDER BY id",
                 (since,),

@@ -126,8 +126,10 @@ class ModerationMixin(FilesMixin):
         """(job id, channel id, message id) of a user's results still posted in a server."""
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
+                # A comparison's cells share its message: it is listed once, with it.
                 "SELECT id, channel_id, message_id FROM jobs WHERE guild_id = ? AND user_id = ? "
-                "AND message_id IS NOT NULL AND channel_id IS NOT NULL AND deleted_at IS NULL "
+                "AND compare_id IS NULL AND message_id IS NOT NULL AND channel_id IS NOT NULL "
+                "AND deleted_at IS NULL "
                 "ORDER BY id",
                 (guild_id, user_id),
             )

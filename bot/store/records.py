@@ -8,6 +8,7 @@ from typing import Final
 
 from pipeline.request import DrawRequest
 
+JOB_KINDS: Final = ("draw", "compare")
 STATUSES: Final = ("queued", "running", "done", "failed", "cancelled", "refused")
 UNFINISHED: Final = ("queued", "running")
 
@@ -62,6 +63,9 @@ class JobRecord:
     deleted_by: int | None
     withheld: int = 0  # images the safety checker flagged, neither kept nor posted
     delivery_failed: str | None = None  # why the bot gave up posting the result
+    kind: str = "draw"  # "draw", or "compare": a /compare grid whose cells are jobs of their own
+    compare_id: int | None = None  # for a comparison's cell: the comparison's job number
+    spec: str | None = None  # for a comparison: its axes (JSON, Comparison.to_dict)
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property
@@ -94,6 +98,7 @@ class GuildSettings:
     default_sampler: str | None = None
     default_steps: int | None = None
     nsfw: str | None = None  # one of NSFW_MODES
+    max_compare_cells: int | None = None  # the most cells one /compare may draw
 
 
 _SETTINGS_COLUMNS: Final = tuple(f.name for f in fields(GuildSettings))
