@@ -41,3 +41,7 @@ class NotAllowed(EaselError):
 
 class PromptRefused(EaselError):
     """The prompt contains a word the server's moderators banned."""
+
+
+class BadCompareValue(EaselError, ValueError):
+    """A /compare value can't be used (junk, a duplicate, too many cells); says what to write."""

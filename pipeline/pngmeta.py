@@ -21,8 +21,12 @@ _NEGATIVE = "Negative prompt:"
 _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
-def _quote(value: str) -> str:
+def quote_value(value: str) -> str:
+    """A settings value as A1111 writes it: JSON-quoted where it holds a comma, quote or newline."""
     return json.dumps(value, ensure_ascii=False) if re.search(r'[,"\n]', value) else value
+
+
+_quote = quote_value  # the old name, for callers that still use it
 
 
 def format_parameters(
