@@ -19,12 +19,18 @@ from bot.jobs import JobRunner
 from bot.replies import answer_privately
 from bot.settings import Settings
 from bot.store import EVERYWHERE, Store, StoreBusy
-from bot.views import DeleteButton, RerollButton
+from bot.views import CellMenu, DeleteButton, RerollButton
 from pipeline.errors import EaselError
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.draw", "bot.cogs.history", "bot.cogs.moderation", "bot.cogs.privacy")
+COGS = (
+    "bot.cogs.draw",
+    "bot.cogs.compare",
+    "bot.cogs.history",
+    "bot.cogs.moderation",
+    "bot.cogs.privacy",
+)
 COMMAND_HASH_KEY = "command_hash"
 GENERIC_ERROR = "Sorry, something went wrong on our side. It has been logged; please try again."
 
@@ -106,7 +112,7 @@ class EaselBot(commands.Bot):
         )
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(RerollButton, DeleteButton)
+        self.add_dynamic_items(RerollButton, DeleteButton, CellMenu)
         await self.jobs.recover()
         await self.sync_commands(force=False)
 

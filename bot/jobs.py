@@ -13,14 +13,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.comparisons import CompareMixin
+from bot.delivery import Delivery, Job
 from bot.errors import CoolingDown
 from bot.policy import Policy
-from bot.render import DEFAULT_UPLOAD_LIMIT, fit_upload, plural, result_embed
+from bot.render import fit_upload, plural, result_embed
 from bot.replies import answer_privately
 from bot.store import GuildSettings, JobNotFound, JobRecord, PurgeRecord, Store
 from bot.text import plain
@@ -37,142 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Editing the interaction's message failed, but the channel may still take a new message:
-# the token expired (Discord 50027; SimCord 10015), someone deleted the "Queued" message
-# (10008), or the bot lost access to it (50001, 50013).
-_POST_ELSEWHERE_CODES = {50027, 10015, 10008, 50001, 50013}
 
-
-class Delivery:
-    """Where a job's messages go: the interaction while its token lives, else the channel, else
-    the requester's DMs. ``failure`` says why nothing could be posted, when that happens."""
-
-    def __init__(
-        self,
-        bot: Host,
-        *,
-        channel_id: int | None,
-        user_id: int,
-        interaction: discord.Interaction | None = None,
-    ) -> None:
-        self.bot = bot
-        self.channel_id = channel_id
-        self.user_id = user_id
-        self.interaction = interaction
-        self.lock = asyncio.Lock()
-        self.finished = False
-        self.failure: str | None = None
-
-    def _live(self) -> bool:
-        return self.interaction is not None and not self.interaction.is_expired()
-
-    async def status(self, text: str) -> None:
-        """Show queue position or progress; never fails the job, dropped if an edit is busy."""
-        if self.finished or not self._live() or self.lock.locked():
-            return
-        async with self.lock:
-            if self.finished:
-                return
-            try:
-                assert self.interaction is not None
-                await self.interaction.edit_original_response(content=text)
-            except discord.HTTPException as exc:
-                log.debug("progress edit failed: %s", exc)
-
-    async def final(self, **message: Any) -> discord.Message | None:
-        """Post the final message: edit the interaction's response, or send it to the channel,
-        or to the requester by DM. None (and ``failure`` set) when all of them failed."""
-        async with self.lock:
-            self.finished = True
-            if self._live():
-                assert self.interaction is not None
-                try:
-                    return await self.interaction.edit_original_response(
-                        content=message.get("content"),
-                        embed=message.get("embed"),
-                        attachments=[u.file() for u in message.get("uploads", [])],
-                        view=message.get("view"),
-                    )
-                except discord.HTTPException as exc:
-                    if exc.code not in _POST_ELSEWHERE_CODES:
-                        raise
-                    log.info("editing the interaction failed (%s); posting anew", exc.code)
-            sent = await self._send_to_channel(**message)
-            if sent is not None:
-                return sent
-            return await self._send_by_dm(**message)
-
-    async def _send_to_channel(self, **message: Any) -> discord.Message | None:
-        channel = await self.bot.resolve_channel(self.channel_id)
-        if channel is None or not hasattr(channel, "send"):
-            self.failure = f"channel {self.channel_id} is gone"
-            return None
-        mention = f"<@{self.user_id}>"
-        content = message.get("content")
-        try:
-            return await channel.send(
-                content=f"{mention} {content}" if content else mention,
-                embed=message.get("embed"),
-                files=[u.file() for u in message.get("uploads", [])],
-                view=message.get("view"),
-                # Only the requester is pinged, whatever the prompt says.
-                allowed_mentions=discord.AllowedMentions(
-                    everyone=False, roles=False, users=[discord.Object(self.user_id)]
-                ),
-            )
-        except (discord.Forbidden, discord.NotFound) as exc:
-            self.failure = f"could not post in channel {self.channel_id}: {exc.status} {exc.code}"
-            return None
-
-    async def _send_by_dm(self, **message: Any) -> discord.Message | None:
-        """The channel is gone or closed to the bot: tell the requester privately instead."""
-        try:
-            user = self.bot.get_user(self.user_id) or await self.bot.fetch_user(self.user_id)
-            where = "its channel is gone or the bot can no longer post there"
-            content = message.get("content")
-            extra: dict[str, Any] = {
-                key: message[key] for key in ("embed", "view") if message.get(key) is not None
-            }
-            return await user.send(
-                content=f"{content}\n-# Sent here because {where}."
-                if content
-                else f"-# Sent here because {where}.",
-                files=[u.file() for u in message.get("uploads", [])],
-                **extra,
-            )
-        except discord.HTTPException as exc:
-            log.warning(
-                "job result for user %s not delivered: %s; DM failed too (%s)",
-                self.user_id,
-                self.failure,
-                exc,
-            )
-            self.failure = f"{self.failure}; DM refused: {exc.status} {exc.code}"
-            return None
-
-    def upload_limit(self) -> int:
-        if self.interaction is not None:
-            return getattr(self.interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
-        channel = self.bot.get_channel(self.channel_id or 0)
-        guild = getattr(channel, "guild", None)
-        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
-
-
-@dataclass
-class _Job:
-    """What the callbacks of one queued job need to finish it."""
-
-    id: int
-    delivery: Delivery
-    parent_job_id: int | None
-    guild_id: int | None
-    user_id: int
-    request: DrawRequest
-    queued_at: float = field(default_factory=time.perf_counter)
-    started_at: float | None = None
-
-
-class JobRunner:
+class JobRunner(CompareMixin):
     """Starts, tracks and delivers drawing jobs."""
 
     def __init__(
@@ -198,7 +66,7 @@ class JobRunner:
         # Jobs a /mod purge cancelled, so their end says why.
         self._purged: set[int] = set()
         # Jobs submitted whose outcome has not been fully delivered yet, by id.
-        self._inflight: dict[int, _Job] = {}
+        self._inflight: dict[int, Job] = {}
         self._inflight_changed = asyncio.Condition()
         # Whose results must not be posted now: members being purged from a server
         # (server, member) and users being forgotten everywhere (None, user).
@@ -253,7 +121,7 @@ class JobRunner:
         delivery = Delivery(
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
-        job = _Job(job_id, delivery, parent_job_id, interaction.guild_id, user.id, request)
+        job = Job(job_id, delivery, parent_job_id, interaction.guild_id, user.id, request)
         try:
             self._submit(job, request)
         except QueueFull as exc:  # filled up while we recorded it
@@ -325,7 +193,7 @@ class JobRunner:
         except Exception:
             log.exception("could not record a refused prompt of user %s", interaction.user.id)
 
-    def _submit(self, job: _Job, request: DrawRequest, *, enforce_caps: bool = True) -> None:
+    def _submit(self, job: Job, request: DrawRequest, *, enforce_caps: bool = True) -> None:
         self.executor.submit(
             request,
             user_id=job.user_id,
@@ -348,6 +216,8 @@ class JobRunner:
                 interaction, f"There is no job #{job_id} here that you can reroll."
             )
             return None
+        if record.kind == "compare":
+            return await self.reroll_comparison(interaction, record, seed)
         request = replace(record.request, seed=random_seed() if seed is None else seed, model=None)
         return await self.start(interaction, request, parent_job_id=job_id)
 
@@ -379,8 +249,10 @@ class JobRunner:
         would on every start. Its requester is told in its channel.
         """
         records = await self.store.unfinished_jobs()
-        requeued = 0
+        requeued, handled = await self.recover_comparisons(records)
         for record in records:
+            if record.id in handled:
+                continue
             job = self._restored(record, replace(record.request, model=None))
             if record.attempts >= self.max_attempts:
                 self._start_background(self._give_up(job, record.attempts))
@@ -395,13 +267,16 @@ class JobRunner:
             log.info("re-queued %d unfinished job(s) after a restart", requeued)
         for record in await self.store.undelivered_jobs():
             # Drawn and stored, but the process died before posting: post from disk.
+            if record.kind == "compare":
+                self._start_background(self.repost_comparison(record))
+                continue
             self._start_background(self._repost(self._restored(record, record.request), record))
         return requeued
 
-    def _restored(self, record: JobRecord, request: DrawRequest) -> _Job:
+    def _restored(self, record: JobRecord, request: DrawRequest) -> Job:
         """A job from the database, delivered to its channel (its interaction is long gone)."""
         delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
-        return _Job(
+        return Job(
             record.id, delivery, record.parent_job_id, record.guild_id, record.user_id, request
         )
 
@@ -410,7 +285,7 @@ class JobRunner:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _give_up(self, job: _Job, attempts: int) -> None:
+    async def _give_up(self, job: Job, attempts: int) -> None:
         reason = f"stopped after {attempts} attempts: the bot went down while drawing it each time"
         log.warning("job %s (user %s) not restarted: %s", job.id, job.user_id, reason)
         try:
@@ -423,7 +298,7 @@ class JobRunner:
         except Exception:
             log.exception("telling the requester of job %s that it was stopped failed", job.id)
 
-    async def _repost(self, job: _Job, record: JobRecord) -> None:
+    async def _repost(self, job: Job, record: JobRecord) -> None:
         try:
             pngs = [await asyncio.to_thread(path.read_bytes) for path, _ in record.images]
             await self.post(job, pngs, record.request, (), withheld=record.withheld)
@@ -447,14 +322,14 @@ class JobRunner:
             with contextlib.suppress(JobNotFound):  # purged while it waited: it stops soon
                 await self.store.mark_running(ticket)
 
-    async def _on_progress(self, job: _Job, step: int, total: int) -> None:
+    async def _on_progress(self, job: Job, step: int, total: int) -> None:
         if step == 0:
             job.started_at = time.perf_counter()
             await job.delivery.status(f"Drawing job #{job.id}…")
         else:
             await job.delivery.status(f"Drawing… {step}/{total}")
 
-    async def _on_done(self, job: _Job, outcome: JobOutcome) -> None:
+    async def _on_done(self, job: Job, outcome: JobOutcome) -> None:
         try:
             if outcome.status == "done" and outcome.result is not None:
                 await self._deliver(job, outcome.result)
@@ -484,7 +359,7 @@ class JobRunner:
             async with self._inflight_changed:
                 self._inflight_changed.notify_all()
 
-    def _log_outcome(self, job: _Job, outcome: JobOutcome) -> None:
+    def _log_outcome(self, job: Job, outcome: JobOutcome) -> None:
         """One line per job for the operator's terminal."""
         now = time.perf_counter()
         started = job.started_at
@@ -508,16 +383,16 @@ class JobRunner:
             drew,
         )
 
-    def _is_forgotten(self, job: _Job) -> bool:
+    def _is_forgotten(self, job: Job) -> bool:
         return (None, job.user_id) in self._withdrawn
 
-    def _is_withdrawn(self, job: _Job) -> bool:
+    def _is_withdrawn(self, job: Job) -> bool:
         """Whether this job's requester is being purged from its server or forgotten."""
         return self._is_forgotten(job) or (
             job.guild_id is not None and (job.guild_id, job.user_id) in self._withdrawn
         )
 
-    async def _deliver(self, job: _Job, result: DrawResult) -> None:
+    async def _deliver(self, job: Job, result: DrawResult) -> None:
         """Keep the images (disk, then database) before posting, so a failed post loses none.
 
         Images the model's safety checker flagged are dropped before they are saved, unless the
@@ -570,7 +445,7 @@ class JobRunner:
             )
         await self.post(job, pngs, request, notes, withheld=withheld)
 
-    async def _shows_flagged(self, job: _Job) -> bool:
+    async def _shows_flagged(self, job: Job) -> bool:
         """Whether flagged images may be posted: the server allows it and the channel (or a
         thread's parent) is age-restricted. Never in DMs. Decided at delivery, so a setting
         changed while the job waited applies."""
@@ -593,7 +468,7 @@ class JobRunner:
 
     async def post(
         self,
-        job: _Job,
+        job: Job,
         pngs: list[bytes],
         request: DrawRequest,
         notes: tuple[str, ...],
@@ -662,7 +537,7 @@ class JobRunner:
             log.exception("could not record where job %s was posted", job.id)
         return message
 
-    async def _gave_up(self, job: _Job, reason: str) -> None:
+    async def _gave_up(self, job: Job, reason: str) -> None:
         log.warning("job %s: result not posted: %s", job.id, reason)
         with contextlib.suppress(JobNotFound):
             await self.store.mark_undeliverable(job.id, reason)
@@ -707,7 +582,7 @@ class JobRunner:
         """
         guild_id, user_id = key
 
-        def covered(job: _Job) -> bool:
+        def covered(job: Job) -> bool:
             return job.user_id == user_id and (guild_id is None or job.guild_id == guild_id)
 
         for job in [j for j in self._inflight.values() if covered(j)]:

@@ -9,6 +9,7 @@ from bot.errors import InvalidSetting, OverServerLimit
 from bot.render import plural
 from bot.settings import Settings
 from bot.store import GuildSettings
+from pipeline.compare import MAX_CELLS
 from pipeline.engine import Capabilities
 from pipeline.request import DrawRequest
 from pipeline.samplers import SAMPLERS, sampler_label
@@ -35,6 +36,7 @@ class Policy:
     default_width: int | None
     default_height: int | None
     nsfw: str
+    max_compare_cells: int
 
     @classmethod
     def build(cls, stored: GuildSettings, caps: Capabilities, settings: Settings) -> Policy:
@@ -54,6 +56,7 @@ class Policy:
             default_width=None if caps.default_width <= max_side else max_side,
             default_height=None if caps.default_height <= max_side else max_side,
             nsfw=stored.nsfw or "filter",
+            max_compare_cells=stored.max_compare_cells or MAX_CELLS,
         )
 
     def check(self, request: DrawRequest) -> None:
@@ -112,6 +115,11 @@ def validate_settings(stored: GuildSettings, caps: Capabilities, settings: Setti
         raise InvalidSetting(
             f"{sampler_label(stored.default_sampler)} can't be used with {caps.model}; "
             f"pick one of: {names}."
+        )
+    cells = stored.max_compare_cells
+    if cells is not None and not 1 <= cells <= MAX_CELLS:
+        raise InvalidSetting(
+            f"A comparison can have 1 to {MAX_CELLS} cells; pick a number in that range."
         )
     max_steps = stored.max_steps or caps.max_steps
     if stored.default_steps is not None and stored.default_steps > max_steps:

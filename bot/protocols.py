@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bot.policy import Policy
     from bot.settings import Settings
     from bot.store import PurgeRecord, Store
+    from pipeline.compare import Comparison
     from pipeline.engine import Engine
     from pipeline.executor import Executor
     from pipeline.request import DrawRequest
@@ -55,6 +56,14 @@ class Jobs(Protocol):
     ) -> int | None: ...
 
     async def delete(self, interaction: discord.Interaction, job_id: int) -> None: ...
+
+    async def compare(
+        self, interaction: discord.Interaction, comparison: Comparison
+    ) -> int | None: ...
+
+    async def open_cell(
+        self, interaction: discord.Interaction, compare_id: int, cell_id: int
+    ) -> None: ...
 
     async def purge(self, guild_id: int, user_id: int, moderator_id: int) -> PurgeRecord: ...
 

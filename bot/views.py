@@ -1,4 +1,5 @@
-"""Buttons: Reroll and Delete on every result (they survive restarts), and history pages."""
+"""Buttons: Reroll and Delete on every result, the cell menu under comparison grids (they survive
+restarts), and history pages."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.listing import describe_record
-from bot.render import EMBED_COLOUR
+from bot.render import EMBED_COLOUR, shorten
 from bot.store import JobRecord
 
 if TYPE_CHECKING:
     from bot.protocols import Easel
+    from pipeline.compare import Comparison
 
 PAGE_SIZE = 5
 
@@ -70,6 +72,71 @@ def result_view(job_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
+    return view
+
+
+def cell_view(cell_id: int) -> discord.ui.View:
+    """Under a comparison's cell opened privately: reroll that cell."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(cell_id))
+    return view
+
+
+class CellMenu(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"easel:cells:(?P<job>\d+)"
+):
+    """ "Open a cell" under a comparison grid: shows the chosen cell privately, full size."""
+
+    def __init__(self, compare_id: int, options: list[discord.SelectOption] | None = None) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"easel:cells:{compare_id}",
+                placeholder="Open a cell",
+                options=options or [discord.SelectOption(label="-", value="0")],
+            )
+        )
+        self.compare_id = compare_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> CellMenu:
+        options = list(getattr(item, "options", []) or [])
+        return cls(int(match["job"]), options)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: Easel = interaction.client  # type: ignore[assignment]
+        data: Any = interaction.data or {}
+        values = list(self.item.values) or list(data.get("values", []))
+        if not values or not str(values[0]).isdigit():
+            await interaction.response.send_message("Pick a cell from the menu.", ephemeral=True)
+            return
+        await bot.guarded(
+            interaction, bot.jobs.open_cell(interaction, self.compare_id, int(values[0]))
+        )
+
+
+def comparison_view(
+    compare_id: int, comparison: Comparison, cell_ids: list[int], *, drawn: set[int]
+) -> discord.ui.View:
+    """Under a grid: the cell menu (its drawn cells), Reroll (the whole grid, new seed), Delete."""
+    view = discord.ui.View(timeout=None)
+    options = []
+    for cell in comparison.cells():
+        if cell.index not in drawn:
+            continue
+        label = ", ".join(comparison.cell_labels(cell))
+        options.append(
+            discord.SelectOption(
+                label=shorten(label, 100) or f"Cell {cell.index + 1}",
+                value=str(cell_ids[cell.index]),
+                description=f"Job #{cell_ids[cell.index]}",
+            )
+        )
+    if options:
+        view.add_item(CellMenu(compare_id, options[:25]))
+    view.add_item(RerollButton(compare_id))
+    view.add_item(DeleteButton(compare_id))
     return view
 
 

@@ -33,6 +33,7 @@ _SETTING_LABELS = {
     "default_sampler": "Default sampler",
     "default_steps": "Default steps",
     "nsfw": "Flagged images",
+    "max_compare_cells": "Max compare cells",
 }
 
 
@@ -203,6 +204,7 @@ class Moderation(commands.Cog):
         default_sampler="The sampler used when a member leaves it out",
         default_steps="The steps used when a member leaves them out",
         nsfw="What happens to images the model's safety checker flags",
+        max_compare_cells="The most cells (pictures) one /compare grid may have (1-16)",
     )
     @app_commands.choices(
         default_sampler=SAMPLER_CHOICES,
@@ -224,6 +226,7 @@ class Moderation(commands.Cog):
         default_sampler: app_commands.Choice[str] | None = None,
         default_steps: app_commands.Range[int, 1, 150] | None = None,
         nsfw: app_commands.Choice[str] | None = None,
+        max_compare_cells: app_commands.Range[int, 1, 16] | None = None,
     ) -> None:
         _require_manage_server(interaction)
         given: dict[str, Any] = {
@@ -235,6 +238,7 @@ class Moderation(commands.Cog):
             "default_sampler": default_sampler.value if default_sampler else None,
             "default_steps": default_steps,
             "nsfw": nsfw.value if nsfw else None,
+            "max_compare_cells": max_compare_cells,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:
@@ -289,6 +293,7 @@ class Moderation(commands.Cog):
             "default_sampler": sampler_label(policy.default_sampler or caps.default_sampler),
             "default_steps": str(policy.default_steps),
             "nsfw": NSFW_LABELS[policy.nsfw],
+            "max_compare_cells": str(policy.max_compare_cells),
         }
         lines = ["**/draw settings in this server**"]
         for f in fields(GuildSettings):

@@ -1,0 +1,118 @@
+"""/compare: the same prompt and seed under several settings, as one labelled grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.replies import answer_privately
+from pipeline.compare import build_comparison, parse_numbers, parse_replace, parse_samplers
+from pipeline.errors import EaselError
+from pipeline.request import MAX_SEED, DrawRequest, random_seed
+from pipeline.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from bot.protocols import Easel
+
+# Discord's longest autocomplete choice name and value.
+_CHOICE_MAX = 100
+
+
+def sampler_suggestions(current: str, available: tuple[str, ...]) -> list[app_commands.Choice[str]]:
+    """Complete the last item of a comma list of samplers with the model's samplers."""
+    done, _, last = current.rpartition(",")
+    prefix = f"{done.strip()}, " if done.strip() else ""
+    chosen = {item.strip().lower() for item in done.split(",") if item.strip()}
+    typed = last.strip().lower()
+    choices = []
+    for sid in available:
+        label = SAMPLERS[sid].label
+        if sid in chosen or label.lower() in chosen:
+            continue
+        if typed and typed not in sid and typed not in label.lower():
+            continue
+        name, value = prefix + label, prefix + sid
+        if len(name) <= _CHOICE_MAX and len(value) <= _CHOICE_MAX:
+            choices.append(app_commands.Choice(name=name, value=value))
+    return choices[:25]
+
+
+class Compare(commands.Cog):
+    def __init__(self, bot: Easel) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="compare", description="Draw one prompt under several settings, side by side."
+    )
+    @app_commands.describe(
+        prompt="What to draw; every cell draws it with the same seed",
+        negative_prompt="What to keep out of the picture (models that support it)",
+        steps='One value or several: "20, 50", "10-50 (+10)" or "10-50 [5]"',
+        guidance='One value or several: "2, 6", "2-8 (+2)" or "2-8 [4]"',
+        eta='One value or several (DDIM only): "0.3, 0.8" or "0-1 [3]"',
+        sampler="One sampler or a comma list of them: ddim, DPM++ 2M",
+        replace='Words of the prompt, then what to put instead: "painting, photo, sketch"',
+        seed="The one seed every cell uses; random if left out",
+        width="Width in pixels, a multiple of 8",
+        height="Height in pixels, a multiple of 8",
+    )
+    async def compare(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative_prompt: app_commands.Range[str, 1, 6000] | None = None,
+        steps: app_commands.Range[str, 1, 200] | None = None,
+        guidance: app_commands.Range[str, 1, 200] | None = None,
+        eta: app_commands.Range[str, 1, 200] | None = None,
+        sampler: app_commands.Range[str, 1, 300] | None = None,
+        replace: app_commands.Range[str, 1, 2000] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        width: app_commands.Range[int, 64, 2048] | None = None,
+        height: app_commands.Range[int, 64, 2048] | None = None,
+    ) -> None:
+        settings = self.bot.settings
+        caps = self.bot.engine.capabilities
+        policy = await self.bot.jobs.policy(interaction.guild_id)
+        base = DrawRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=policy.default_steps,
+            guidance=settings.default_guidance,
+            eta=0.0,
+            sampler=policy.default_sampler,
+            # One seed for every cell, so they differ only by what the axes change.
+            seed=random_seed() if seed is None else seed,
+            width=width or policy.default_width,
+            height=height or policy.default_height,
+        )
+        try:
+            comparison = build_comparison(
+                base,
+                replace=parse_replace(replace, prompt) if replace else None,
+                steps=[int(v) for v in parse_numbers(steps, option="steps", integer=True)]
+                if steps
+                else None,
+                guidance=(
+                    parse_numbers(guidance, option="guidance", integer=False) if guidance else None
+                ),
+                eta=parse_numbers(eta, option="eta", integer=False) if eta else None,
+                samplers=parse_samplers(sampler, caps.samplers) if sampler else None,
+                max_cells=policy.max_compare_cells,
+            )
+        except EaselError as refusal:
+            await answer_privately(interaction, str(refusal))
+            return
+        await self.bot.jobs.compare(interaction, comparison)
+
+    @compare.autocomplete("sampler")
+    async def sampler_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return sampler_suggestions(current, self.bot.engine.capabilities.samplers)
+
+
+async def setup(bot: Easel) -> None:
+    await bot.add_cog(Compare(bot))

@@ -1,0 +1,632 @@
+"""/compare: one request drawn as a grid of cells, each cell a job of its own.
+
+A comparison is recorded as a job of kind ``compare`` (its shared settings and axes) with one
+ordinary job per cell. The cells go through the executor one by one under the comparison's id as
+their ``unit``: it counts once against the caps, yet each cell takes its own turn of the
+round-robin, so nobody waits a whole grid. When every cell has ended, the grid is rendered from
+the cells drawn (the others marked), stored and posted with a menu that opens each cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+from PIL import Image
+
+from bot.delivery import Delivery, Job
+from bot.render import EMBED_COLOUR, fit_upload, plural, result_embed, shorten
+from bot.replies import answer_privately
+from bot.store import JobNotFound, JobRecord
+from bot.text import plain
+from pipeline.compare import Cell, Comparison
+from pipeline.errors import EaselError, PromptRefused, QueueFull
+from pipeline.executor import JobOutcome
+from pipeline.grid import render_grid
+from pipeline.pngmeta import format_parameters, png_bytes
+from pipeline.request import DrawRequest, DrawResult, guidance_label, random_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from bot.policy import Policy
+    from bot.protocols import Host
+    from bot.store import Store
+    from pipeline.executor import Executor
+
+log = logging.getLogger(__name__)
+
+MISSING_LABELS = {
+    "cancelled": "cancelled",
+    "failed": "failed",
+    "withheld": "withheld (flagged)",
+    "removed": "removed",
+}
+
+
+@dataclass
+class ComparisonRun:
+    """A comparison being drawn: its cells' pictures and ends as they come in."""
+
+    id: int
+    comparison: Comparison
+    delivery: Delivery
+    guild_id: int | None
+    user_id: int
+    cell_ids: list[int]  # by cell index
+    parent_job_id: int | None = None
+    notes: tuple[str, ...] = ()
+    images: dict[int, Image.Image] = field(default_factory=dict)
+    missing: dict[int, str] = field(default_factory=dict)  # cell index -> why it has no picture
+    running: set[int] = field(default_factory=set)  # cell indexes drawing now
+    step: tuple[int, int] = (0, 0)
+    finishing: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.cell_ids)
+
+    @property
+    def ended(self) -> bool:
+        return len(self.images) + len(self.missing) >= self.size
+
+    def progress(self) -> str:
+        """``Comparing… cell 3 of 8 (step 20/50)``; cells drawn together read ``cells 3-4``."""
+        done = len(self.images) + len(self.missing)
+        if not self.running:
+            return f"Comparing… {done} of {self.size} cells done."
+        first = done + 1
+        last = done + len(self.running)
+        which = f"cell {first}" if first == last else f"cells {first}-{last}"
+        step, total = self.step
+        during = f" (step {step}/{total})" if total else ""
+        return f"Comparing… {which} of {self.size}{during}"
+
+
+class CompareMixin:
+    """The /compare part of ``JobRunner``, which provides what is declared here."""
+
+    if TYPE_CHECKING:
+        bot: Host
+        store: Store
+        engine: Any
+        executor: Executor
+        max_attempts: int
+        _inflight: dict[int, Job]
+        _inflight_changed: asyncio.Condition
+        _last_start: dict[tuple[int | None, int], float]
+        _withdrawn: set[tuple[int | None, int]]
+        _clock: Callable[[], float]
+
+        async def policy(self, guild_id: int | None) -> Policy: ...
+        async def _check_banned_words(self, guild_id: int | None, request: DrawRequest) -> None: ...
+        def _check_cooldown(self, guild_id: int | None, user_id: int, policy: Policy) -> None: ...
+        async def _record_refused(
+            self, interaction: discord.Interaction, request: DrawRequest
+        ) -> None: ...
+        def _log_outcome(self, job: Job, outcome: JobOutcome) -> None: ...
+        def _is_withdrawn(self, job: Job) -> bool: ...
+        async def _shows_flagged(self, job: Job) -> bool: ...
+        async def _gave_up(self, job: Job, reason: str) -> None: ...
+        def _start_background(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+    async def compare(
+        self,
+        interaction: discord.Interaction,
+        comparison: Comparison,
+        *,
+        parent_job_id: int | None = None,
+    ) -> int | None:
+        """Check every cell as /draw checks a request, then record and queue the comparison.
+
+        A refusal is answered privately and nothing is stored or queued; returns the
+        comparison's job number otherwise.
+        """
+        try:
+            comparison, notes = await self._admit_comparison(interaction, comparison)
+        except PromptRefused as refusal:
+            await answer_privately(interaction, str(refusal))
+            await self._record_refused(interaction, comparison.base)
+            return None
+        except EaselError as refusal:
+            await answer_privately(interaction, str(refusal))
+            return None
+        user = interaction.user
+        await interaction.response.defer(thinking=True)
+        cells = comparison.cells()
+        compare_id, cell_ids = await self.store.add_comparison(
+            comparison.base,
+            json.dumps(comparison.to_dict(), ensure_ascii=False),
+            [cell.request for cell in cells],
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=user.id,
+            user_name=user.display_name,
+            parent_job_id=parent_job_id,
+        )
+        interaction.extras["job_id"] = compare_id
+        delivery = Delivery(
+            self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
+        )
+        run = ComparisonRun(
+            compare_id,
+            comparison,
+            delivery,
+            interaction.guild_id,
+            user.id,
+            cell_ids,
+            parent_job_id=parent_job_id,
+            notes=notes,
+        )
+        try:
+            self._submit_cells(run, [(cell, cell.request) for cell in cells])
+        except QueueFull as exc:  # filled up while we recorded it
+            for cell_id in cell_ids:
+                self.executor.cancel(cell_id)
+            await self._cancel_rows(run)
+            await delivery.final(content=str(exc))
+            return compare_id
+        self._last_start[(interaction.guild_id, user.id)] = self._clock()
+        position = self.executor.position(cell_ids[0])
+        if position:
+            ahead = position - 1
+            waiting = f"{ahead} ahead of you" if ahead else "you're next"
+            text = f"Queued as comparison #{compare_id} ({plural(run.size, 'cell')}): {waiting}."
+            if self.executor.is_paused(interaction.guild_id):
+                text += " Drawing is paused for now; it starts when it resumes."
+            await delivery.status(text)
+        return compare_id
+
+    async def _admit_comparison(
+        self, interaction: discord.Interaction, comparison: Comparison
+    ) -> tuple[Comparison, tuple[str, ...]]:
+        """Every check /draw makes, on every cell; returns the comparison with its shared
+        settings resolved, and the notes the engine has for it."""
+        user = interaction.user
+        policy = await self.policy(interaction.guild_id)
+        cells = comparison.cells()
+        if len(cells) > policy.max_compare_cells:
+            raise QueueFull(
+                f"That comparison has {len(cells)} cells; this server allows at most "
+                f"{policy.max_compare_cells}. Give fewer values."
+            )
+        prompts = {(c.request.prompt, c.request.negative_prompt): c.request for c in cells}
+        for request in prompts.values():
+            await self._check_banned_words(interaction.guild_id, request)
+        self._check_cooldown(interaction.guild_id, user.id, policy)
+        # The shared settings resolve once, so every cell has the same size, sampler and seed.
+        base = self.engine.resolve(comparison.base)
+        comparison = replace(comparison, base=base)
+        notes: list[str] = []
+        for cell in comparison.cells():
+            try:
+                for note in self.engine.validate(cell.request):
+                    if note not in notes:
+                        notes.append(note)
+                policy.check(self.engine.resolve(cell.request))
+            except (EaselError, ValueError) as exc:
+                raise type(exc)(f"In the cell {self._cell_name(comparison, cell)}: {exc}") from exc
+        if policy.stored.max_queued_per_user is not None:
+            policy.check_queue(self.executor.pending(user.id, group=interaction.guild_id))
+        self.executor.check_capacity(user.id)
+        return comparison, tuple(notes)
+
+    @staticmethod
+    def _cell_name(comparison: Comparison, cell: Cell) -> str:
+        """The cell as the grid labels it: “Steps: 200, Guidance: 6”."""
+        return "“" + ", ".join(comparison.cell_labels(cell)) + "”"
+
+    def _submit_cells(
+        self,
+        run: ComparisonRun,
+        cells: list[tuple[Cell, DrawRequest]],
+        *,
+        enforce_caps: bool = True,
+    ) -> None:
+        """Queue cells under the comparison's id: it counts once against the caps."""
+        for cell, request in cells:
+            job = Job(
+                run.cell_ids[cell.index], run.delivery, None, run.guild_id, run.user_id, request
+            )
+            self.executor.submit(
+                request,
+                user_id=run.user_id,
+                ticket=job.id,
+                enforce_caps=enforce_caps,
+                group=run.guild_id,
+                unit=run.id,
+                on_progress=functools.partial(self._on_cell_progress, run, cell, job),
+                on_done=functools.partial(self._on_cell_done, run, cell, job),
+            )
+            self._inflight[job.id] = job
+
+    async def _cancel_rows(self, run: ComparisonRun) -> None:
+        for job_id in (*run.cell_ids, run.id):
+            with contextlib.suppress(JobNotFound, Exception):
+                await self.store.mark_cancelled(job_id)
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    async def _on_cell_progress(
+        self, run: ComparisonRun, cell: Cell, job: Job, step: int, total: int
+    ) -> None:
+        if step == 0:
+            job.started_at = time.perf_counter()
+            run.running.add(cell.index)
+        run.step = (step, total)
+        await run.delivery.status(run.progress())
+
+    async def _on_cell_done(
+        self, run: ComparisonRun, cell: Cell, job: Job, outcome: JobOutcome
+    ) -> None:
+        run.running.discard(cell.index)
+        try:
+            if outcome.status == "done" and outcome.result is not None:
+                await self._keep_cell(run, cell, job, outcome.result)
+            elif outcome.status == "cancelled":
+                run.missing[cell.index] = "cancelled"
+                with contextlib.suppress(JobNotFound):
+                    await self.store.mark_cancelled(job.id)
+            else:
+                run.missing[cell.index] = "failed"
+                error = outcome.error
+                with contextlib.suppress(JobNotFound):
+                    await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
+        except JobNotFound:
+            run.missing[cell.index] = "removed"
+            log.info("cell %s of comparison %s was removed while it ran", job.id, run.id)
+        except Exception:
+            run.missing.setdefault(cell.index, "failed")
+            log.exception("keeping cell %s of comparison %s failed", job.id, run.id)
+        finally:
+            self._log_outcome(job, outcome)
+            self._inflight.pop(job.id, None)
+            async with self._inflight_changed:
+                self._inflight_changed.notify_all()
+        if run.ended and not run.finishing:
+            run.finishing = True
+            await self._finish_comparison(run, first_error=outcome.message)
+
+    async def _keep_cell(
+        self, run: ComparisonRun, cell: Cell, job: Job, result: DrawResult
+    ) -> None:
+        """Store a drawn cell (image file, then its row) and keep its picture for the grid."""
+        if self._is_withdrawn(job):
+            run.missing[cell.index] = "removed"
+            return
+        (image,) = result.images
+        (seed,) = result.seeds
+        flagged = bool(result.nsfw and result.nsfw[0])
+        if flagged and not await self._shows_flagged(job):
+            run.missing[cell.index] = "withheld"
+            await self.store.mark_done(
+                job.id, images=[], request=result.request, duration_s=result.duration_s, withheld=1
+            )
+            return
+        caps = self.engine.capabilities
+        text = format_parameters(
+            result.request, seed, eta=caps.eta, pipeline_class=caps.pipeline_class
+        )
+        data = await asyncio.to_thread(png_bytes, image, text)
+        path = await self.store.save_image(data)
+        try:
+            if self._is_withdrawn(job):
+                raise JobNotFound(f"job {job.id} is being removed")
+            await self.store.mark_done(
+                job.id,
+                images=[(path, seed)],
+                request=result.request,
+                duration_s=result.duration_s,
+            )
+        except BaseException:
+            await self.store.discard_images([path])
+            raise
+        run.images[cell.index] = image
+
+    async def _finish_comparison(self, run: ComparisonRun, first_error: str) -> None:
+        """Every cell has ended: render, store and post the grid (or say why there is none)."""
+        job = Job(
+            run.id, run.delivery, run.parent_job_id, run.guild_id, run.user_id, run.comparison.base
+        )
+        try:
+            if self._is_withdrawn(job):
+                log.info("comparison %s ended while its requester's data was removed", run.id)
+                return
+            if not run.images:
+                await self._no_grid(run, first_error)
+                return
+            comparison = run.comparison
+            caps = self.engine.capabilities
+            missing = {i: MISSING_LABELS.get(why, why) for i, why in run.missing.items()}
+            text = comparison.parameters(eta=caps.eta, pipeline_class=caps.pipeline_class)
+
+            def render() -> bytes:
+                return png_bytes(render_grid(comparison, run.images, missing=missing), text)
+
+            data = await asyncio.to_thread(render)
+            path = await self.store.save_image(data)
+            try:
+                await self.store.mark_done(
+                    run.id, images=[(path, comparison.base.seed or 0)], request=comparison.base
+                )
+            except BaseException:
+                await self.store.discard_images([path])
+                raise
+            await self.post_comparison(run, data)
+        except JobNotFound:
+            log.info("comparison %s was removed before its grid was posted", run.id)
+        except Exception:
+            log.exception("finishing comparison %s failed", run.id)
+            with contextlib.suppress(Exception):
+                await run.delivery.final(
+                    content=f"⚠️ Comparison #{run.id} failed: its grid could not be made; "
+                    "the error has been logged."
+                )
+
+    async def _no_grid(self, run: ComparisonRun, error: str) -> None:
+        whys = set(run.missing.values())
+        if whys <= {"cancelled", "removed"}:
+            await self.store.mark_cancelled(run.id)
+            if not self._is_forgotten_user(run.user_id):
+                await run.delivery.final(content=f"Comparison #{run.id} was cancelled.")
+            return
+        await self.store.mark_failed(run.id, f"no cell was drawn: {', '.join(sorted(whys))}")
+        if whys == {"withheld"}:
+            error = "the model's safety checker flagged every cell. Try another seed or prompt."
+        await run.delivery.final(content=f"⚠️ Comparison #{run.id} failed: {error}")
+
+    def _is_forgotten_user(self, user_id: int) -> bool:
+        return (None, user_id) in self._withdrawn
+
+    async def post_comparison(self, run: ComparisonRun, data: bytes) -> discord.Message | None:
+        """Post the grid with its settings and the cell menu; remember the message."""
+        delivery = run.delivery
+        job = Job(
+            run.id, delivery, run.parent_job_id, run.guild_id, run.user_id, run.comparison.base
+        )
+        upload = await asyncio.to_thread(
+            fit_upload, data, delivery.upload_limit(), f"easel-compare-{run.id}.png"
+        )
+        if upload is None:
+            await delivery.final(
+                content=f"Comparison #{run.id} is done, but its grid is too large to upload here."
+            )
+            await self._gave_up(job, "grid too large to upload, even scaled down")
+            return None
+        notes = run.notes
+        if upload.scaled:
+            notes = (*notes, "Scaled down to fit Discord's upload limit.")
+        embed = self.comparison_embed(run, requester=f"<@{run.user_id}>", notes=notes)
+        embed.set_image(url=f"attachment://{upload.filename}")
+        from bot.views import comparison_view
+
+        drawn = {i for i in range(run.size) if i not in run.missing}
+        view = comparison_view(run.id, run.comparison, run.cell_ids, drawn=drawn)
+        if self._is_withdrawn(job):
+            return None
+        message = await delivery.final(embed=embed, uploads=[upload], view=view)
+        if message is None:
+            await self._gave_up(job, delivery.failure or "nowhere to post it")
+            return None
+        try:
+            await self.store.set_message(run.id, message.id, message.jump_url)
+        except JobNotFound:
+            log.info("comparison %s was removed while being posted; deleting the post", run.id)
+            with contextlib.suppress(discord.HTTPException):
+                await message.delete()
+            return None
+        except Exception:
+            log.exception("could not record where comparison %s was posted", run.id)
+        return message
+
+    def comparison_embed(
+        self, run: ComparisonRun, *, requester: str, notes: tuple[str, ...] = ()
+    ) -> discord.Embed:
+        """The prompt, the axes and their values, the shared settings, seed, model and number."""
+        comparison = run.comparison
+        base = comparison.base
+        caps = self.engine.capabilities
+        embed = discord.Embed(description=plain(shorten(base.prompt, 1000)), colour=EMBED_COLOUR)
+        if base.negative_prompt:
+            embed.add_field(
+                name="Negative prompt",
+                value=plain(shorten(base.negative_prompt, 400)),
+                inline=False,
+            )
+        where = ("Columns (X)", "Rows (Y)", "Sub-grids (Z)")
+        for title, axis in zip(where, comparison.axes, strict=False):
+            labels = [axis.label(i) for i in range(len(axis.values))]
+            if axis.name == "replace":
+                text = " · ".join(labels)
+            else:  # "Steps: 20, 50" rather than "Steps: 20 · Steps: 50"
+                name = labels[0].split(": ", 1)[0]
+                text = f"{name}: " + ", ".join(label.split(": ", 1)[1] for label in labels)
+            embed.add_field(name=title, value=plain(shorten(text, 1000)), inline=False)
+        for name, value in comparison.fixed.items():
+            if name == "Guidance":  # as it acts on this model: "1 (off)"
+                value = guidance_label(base.guidance, caps.pipeline_class)
+            embed.add_field(name=name, value=plain(shorten(value, 200)))
+        credit = (
+            f"Rerolled from comparison #{run.parent_job_id} by"
+            if run.parent_job_id
+            else "Compared by"
+        )
+        embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)
+        absent = len(run.missing)
+        if absent:
+            notes = (
+                f"{plural(absent, 'cell')} of {run.size} not drawn: marked in the grid.",
+                *notes,
+            )
+        for note in notes[:3]:
+            embed.add_field(name="Note", value=shorten(note, 1000), inline=False)
+        first, last = run.cell_ids[0], run.cell_ids[-1]
+        embed.set_footer(
+            text=f"Job #{run.id} · comparison of {plural(run.size, 'cell')} "
+            f"(jobs #{first}-#{last}) · open a cell below to reroll it"
+        )
+        return embed
+
+    # -- opening a cell ----------------------------------------------------------------------
+
+    async def open_cell(
+        self, interaction: discord.Interaction, compare_id: int, cell_id: int
+    ) -> None:
+        """Show one cell privately, full size, with its own settings and a Reroll button."""
+        record = await self.store.get_job(cell_id)
+        here = record is not None and (
+            record.user_id == interaction.user.id
+            or (interaction.guild_id is not None and record.guild_id == interaction.guild_id)
+        )
+        if record is None or record.compare_id != compare_id or not here or record.deleted:
+            await answer_privately(
+                interaction, f"There is no cell #{cell_id} of this comparison here."
+            )
+            return
+        if record.status != "done" or not record.images:
+            why = (
+                "was withheld (the safety checker flagged it)"
+                if record.withheld
+                else (f"was {record.status}" if record.finished else "is not drawn yet")
+            )
+            await answer_privately(interaction, f"Cell #{cell_id} {why}, so there is no picture.")
+            return
+        path, _seed = record.images[0]
+        data = await asyncio.to_thread(path.read_bytes)
+        limit = getattr(interaction, "filesize_limit", None) or 10 * 1024 * 1024
+        upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{cell_id}.png")
+        caps = self.engine.capabilities
+        embed = result_embed(
+            record.request,
+            cell_id,
+            requester=f"<@{record.user_id}>",
+            eta_applies=caps.eta,
+            pipeline_class=caps.pipeline_class,
+            notes=(f"A cell of comparison #{compare_id}.",),
+        )
+        from bot.views import cell_view
+
+        if upload is None:
+            await answer_privately(interaction, f"Cell #{cell_id} is too large to upload here.")
+            return
+        embed.set_image(url=f"attachment://{upload.filename}")
+        await interaction.response.send_message(
+            embed=embed, file=upload.file(), view=cell_view(cell_id), ephemeral=True
+        )
+
+    async def reroll_comparison(
+        self, interaction: discord.Interaction, record: JobRecord, seed: int | None
+    ) -> int | None:
+        """The same comparison with a new (or the given) seed."""
+        comparison = comparison_of(record)
+        base = replace(comparison.base, seed=random_seed() if seed is None else seed, model=None)
+        return await self.compare(
+            interaction, replace(comparison, base=base), parent_job_id=record.id
+        )
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    async def recover_comparisons(self, records: list[JobRecord]) -> tuple[int, set[int]]:
+        """Resume the comparisons a crash left unfinished: drawn cells are kept, the others
+        queued again; returns how many cells were queued and the job ids handled here."""
+        handled: set[int] = set()
+        queued = 0
+        for record in records:
+            if record.kind != "compare":
+                continue
+            handled.add(record.id)
+            try:
+                cells = await self.store.comparison_cells(record.id)
+                handled.update(c.id for c in cells)
+                queued += await self._resume(record, cells)
+            except Exception:
+                log.exception("could not resume comparison %s", record.id)
+                with contextlib.suppress(Exception):
+                    await self.store.mark_failed(record.id, "could not resume after a restart")
+        for record in records:
+            # A cell whose comparison is over (or gone) has nothing to join: stop it.
+            if record.compare_id is not None and record.id not in handled:
+                handled.add(record.id)
+                with contextlib.suppress(Exception):
+                    await self.store.mark_cancelled(record.id)
+        return queued, handled
+
+    async def _resume(self, record: JobRecord, cells: list[JobRecord]) -> int:
+        comparison = comparison_of(record)
+        planned = comparison.cells()
+        if len(cells) != len(planned):
+            raise ValueError(f"comparison {record.id} has {len(cells)} cells, not {len(planned)}")
+        delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+        run = ComparisonRun(
+            record.id,
+            comparison,
+            delivery,
+            record.guild_id,
+            record.user_id,
+            [c.id for c in cells],
+            parent_job_id=record.parent_job_id,
+        )
+        again: list[tuple[Cell, DrawRequest]] = []
+        for cell, row in zip(planned, cells, strict=True):
+            if row.status == "done":
+                if row.images:
+                    run.images[cell.index] = await asyncio.to_thread(_load_image, row.images[0][0])
+                else:
+                    run.missing[cell.index] = "withheld" if row.withheld else "failed"
+            elif row.finished:
+                run.missing[cell.index] = "cancelled" if row.status == "cancelled" else "failed"
+            elif row.attempts >= self.max_attempts:
+                reason = f"stopped after {row.attempts} attempts: the bot went down drawing it"
+                await self.store.mark_failed(row.id, reason)
+                run.missing[cell.index] = "failed"
+            else:
+                again.append((cell, replace(row.request, model=None)))
+        if again:
+            self._submit_cells(run, again, enforce_caps=False)
+        elif run.ended:
+            run.finishing = True
+            self._start_background(
+                self._finish_comparison(run, first_error="the bot went down while drawing it")
+            )
+        return len(again)
+
+    async def repost_comparison(self, record: JobRecord) -> None:
+        """A grid stored but never posted (the process died in between): post it from disk."""
+        try:
+            cells = await self.store.comparison_cells(record.id)
+            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+            run = ComparisonRun(
+                record.id,
+                comparison_of(record),
+                delivery,
+                record.guild_id,
+                record.user_id,
+                [c.id for c in cells],
+                parent_job_id=record.parent_job_id,
+            )
+            for i, cell in enumerate(cells):
+                if not (cell.status == "done" and cell.images):
+                    run.missing[i] = cell.status
+            data = await asyncio.to_thread(record.images[0][0].read_bytes)
+            await self.post_comparison(run, data)
+        except Exception:
+            log.exception("re-posting comparison %s after a restart failed", record.id)
+
+
+def comparison_of(record: JobRecord) -> Comparison:
+    """The comparison a ``compare`` job row describes."""
+    if record.kind != "compare" or not record.spec:
+        raise ValueError(f"job {record.id} is not a comparison")
+    return Comparison.from_dict(json.loads(record.spec))
+
+
+def _load_image(path: Any) -> Image.Image:
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
