@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline draw PROMPT ...`` and ``python -m pipeline samplers``."""
+"""Command line: ``python -m pipeline draw PROMPT ...``, ``compare PROMPT ...`` and ``samplers``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NoReturn
 
+from pipeline.compare import MAX_CELLS
 from pipeline.cpu import CpuConfigError, configure_cpu_threads
 from pipeline.engine import DEFAULT_MODEL
 from pipeline.errors import EaselError
@@ -59,10 +61,79 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("-o", "--output", type=Path, required=True, help="output PNG path")
     draw.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
+    _add_compare(sub, model_help)
+
     samplers = sub.add_parser("samplers", help="list the samplers a model supports")
     samplers.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     samplers.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     return parser
+
+
+def _add_compare(sub: Any, model_help: str) -> None:
+    values = ' a list ("{a}") or a range ("{b}" steps by {s}, "{c}" gives {n} values)'
+    compare = sub.add_parser(
+        "compare",
+        help="draw a grid that compares settings (A1111's X/Y/Z plot)",
+        description="Draw PROMPT once per combination of the values given and put the pictures "
+        "in one PNG grid with labelled rows and columns. Options given more than one value are "
+        "the axes, in the order --replace, --steps, --guidance, --eta, --sampler: the first is "
+        "the columns (X), the second the rows (Y), the third sub-grids side by side (Z); at most "
+        f"3 of them and {MAX_CELLS} cells. Every cell uses the same seed, so cells differ only "
+        "by the values compared. The grid carries its settings (A1111's 'parameters' chunk, "
+        "with X/Y/Z Type and Values); the same command writes the same grid (byte-identical on "
+        "the same machine).",
+    )
+    compare.add_argument("prompt", help="what to draw")
+    compare.add_argument("--model", help=model_help)
+    compare.add_argument("--negative", help="negative prompt (models that support one)")
+    compare.add_argument(
+        "--steps",
+        metavar="VALUES",
+        help="denoising steps, 1-150: one value,"
+        + values.format(a="20,50", b="10-50 (+10)", s=10, c="10-50 [5]", n=5)
+        + " (default 50)",
+    )
+    compare.add_argument(
+        "--guidance",
+        metavar="VALUES",
+        help="guidance (CFG) scale, 0-30: one value,"
+        + values.format(a="2,6", b="2-8 (+2)", s=2, c="2-8 [4]", n=4)
+        + " (default 6)",
+    )
+    compare.add_argument(
+        "--eta",
+        metavar="VALUES",
+        help="DDIM eta, 0-1: one value,"
+        + values.format(a="0.3,0.8", b="0-1 (+0.25)", s=0.25, c="0-1 [5]", n=5)
+        + " (default 0)",
+    )
+    compare.add_argument(
+        "--sampler",
+        metavar="SAMPLERS",
+        help='one sampler or a comma list of ids or names ("ddim,DPM++ 2M"): '
+        + ", ".join(SAMPLERS)
+        + " (default: the model's own)",
+    )
+    compare.add_argument(
+        "--replace",
+        metavar="LIST",
+        help="compare wordings (A1111's Prompt S/R): a comma list whose first item appears in "
+        "the prompt; each column puts one item in its place (quotes allow commas inside an "
+        "item: 'painting, \"photo, sharp\"')",
+    )
+    compare.add_argument(
+        "--seed", type=int, help=f"0-{MAX_SEED}, one for every cell (default: random, printed)"
+    )
+    compare.add_argument("--width", type=int, help="pixels, multiple of 8 (default: the model's)")
+    compare.add_argument("--height", type=int, help="pixels, multiple of 8 (default: the model's)")
+    compare.add_argument("-o", "--output", type=Path, required=True, help="the grid PNG's path")
+    compare.add_argument(
+        "--cells",
+        type=Path,
+        metavar="DIR",
+        help="also keep each cell as its own PNG with its own settings: DIR/cell-01.png, ...",
+    )
+    compare.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 def _request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DrawRequest:
@@ -116,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     # Download bars on a terminal; "downloading ... from https://huggingface.co" before them.
     quiet_library_logs()
     logging.getLogger("pipeline.engine").setLevel(logging.INFO)
+
+    if args.command == "compare":
+        return _compare(args, parser)
 
     if args.command == "samplers":
         try:
@@ -179,6 +253,144 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``python -m pipeline compare``: check every cell as ``draw`` would, draw, write the grid."""
+    from pipeline.compare import build_comparison, parse_numbers, parse_replace, parse_samplers
+    from pipeline.engine import Engine
+
+    def fail(message: object) -> NoReturn:
+        parser.exit(2, f"error: {message}\n")
+
+    numbers: dict[str, Any] = {}
+    try:
+        # The values first: a typo is reported before a model loads.
+        for option, integer in (("steps", True), ("guidance", False), ("eta", False)):
+            text = getattr(args, option)
+            if text is not None:
+                numbers[option] = parse_numbers(text, option=option, integer=integer)
+        replace_items = None
+        if args.replace is not None:
+            replace_items = parse_replace(args.replace, args.prompt)
+    except EaselError as exc:
+        fail(exc)
+    try:
+        engine = Engine.load(args.model or DEFAULT_MODEL, device=args.device)
+    except EaselError as exc:
+        fail(exc)
+    caps = engine.capabilities
+    base = DrawRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative or "",
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+    )
+    notes: list[str] = []
+    try:
+        samplers = None
+        if args.sampler is not None:
+            samplers = parse_samplers(args.sampler, caps.samplers)
+        comparison = build_comparison(
+            engine.resolve(base), replace=replace_items, samplers=samplers, **numbers
+        )
+        for cell in comparison.cells():
+            try:
+                found = engine.validate(cell.request)
+            except EaselError as exc:
+                fail(f"in the cell {', '.join(comparison.cell_labels(cell))}: {exc}")
+            notes += [note for note in found if note not in notes]
+    except EaselError as exc:
+        fail(exc)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    images, missing, results = _run_cells(engine, comparison)
+
+    from pipeline.grid import render_grid
+    from pipeline.pngmeta import format_parameters, save_png
+
+    seed = comparison.base.seed
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    grid = render_grid(comparison, images, missing=missing)
+    parameters = comparison.parameters(eta=caps.eta, pipeline_class=caps.pipeline_class)
+    save_png(grid, args.output, parameters)
+    nx, ny, nz = comparison.shape
+    shape = " x ".join(str(n) for n in (nx, ny, nz)[: len(comparison.axes)])
+    print(f"{args.output}  seed={seed}  ({shape} grid)")
+    if args.cells is not None:
+        args.cells.mkdir(parents=True, exist_ok=True)
+        width = max(2, len(str(len(results))))
+        for cell, result in results:
+            labels = ", ".join(comparison.cell_labels(cell))
+            if cell.index not in images:
+                print(f"cell {cell.index + 1}  {labels}  not written: {missing[cell.index]}")
+                continue
+            path = args.cells / f"cell-{cell.index + 1:0{width}d}.png"
+            text = format_parameters(
+                result.request, eta=caps.eta, pipeline_class=caps.pipeline_class
+            )
+            save_png(images[cell.index], path, text)
+            print(f"{path}  {labels}")
+    duration = sum(result.duration_s for _, result in results)
+    print(
+        f"{len(results)} cells, {len(images)} drawn, model {comparison.base.model}, "
+        f"{duration / max(1, len(results)):.2f} s per cell",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_cells(engine: Any, comparison: Any) -> tuple[dict[int, Any], dict[int, str], list[Any]]:
+    """Draw every cell, batching neighbours that can share a pipeline call, under one bar."""
+    from tqdm import tqdm
+
+    from pipeline.engine import batch_key
+
+    cells = comparison.cells()
+    # Consecutive cells with equal keys, up to the engine's batch size: the same grouping on
+    # every run, since a picture's bits depend on the batch it was drawn in.
+    groups: list[list[Any]] = []
+    for cell in cells:
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and len(last) < engine.capabilities.max_count
+            and batch_key(last[0].request) == batch_key(cell.request)
+        ):
+            last.append(cell)
+        else:
+            groups.append([cell])
+    images: dict[int, Any] = {}
+    missing: dict[int, str] = {}
+    results: list[Any] = []
+    total = sum(c.request.steps for c in cells)
+    with tqdm(total=total, desc=f"cell 1/{len(cells)}", unit="step", file=sys.stderr) as bar:
+        done = 0
+        for group in groups:
+            first, last_index = group[0].index + 1, group[-1].index + 1
+            which = f"{first}" if first == last_index else f"{first}-{last_index}"
+            bar.set_description(f"cell {which}/{len(cells)}")
+            weight = sum(c.request.steps for c in group)
+
+            def on_step(step: int, steps: int, done: int = done, weight: int = weight) -> None:
+                # Some samplers take more model calls than steps: count in shares of the group.
+                bar.n = done + weight * min(step, steps) // max(1, steps)
+                bar.refresh()
+
+            out = engine.run_batch([c.request for c in group], on_step=on_step)
+            done += weight
+            bar.n = done
+            bar.refresh()
+            for cell, result in zip(group, out, strict=True):
+                results.append((cell, result))
+                if result.nsfw and result.nsfw[0]:
+                    # Same rule as draw: what the safety checker flags is not kept.
+                    missing[cell.index] = "withheld: the safety checker flagged it"
+                else:
+                    images[cell.index] = result.images[0]
+    return images, missing, results
 
 
 if __name__ == "__main__":
