@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ MISSING_FILL = (205, 205, 205)
 MISSING_TEXT = (70, 70, 70)
 
 _SPACES = re.compile(r"\s+")
+# FreeType faces must not be used from two threads at once, and the cached fonts are shared:
+# the bot may draw a grid on one thread while another lays one out.
+_FONT_LOCK = threading.RLock()
 
 
 @functools.lru_cache(maxsize=16)
@@ -128,6 +132,11 @@ def cell_scale(cell_size: tuple[int, int], shape: tuple[int, int, int]) -> int:
 
 def grid_layout(comparison: Comparison, cell_size: tuple[int, int]) -> GridLayout:
     """Lay out ``comparison``'s grid for cells of ``cell_size`` (width, height) pixels."""
+    with _FONT_LOCK:
+        return _grid_layout(comparison, cell_size)
+
+
+def _grid_layout(comparison: Comparison, cell_size: tuple[int, int]) -> GridLayout:
     nx, ny, nz = comparison.shape
     axes = comparison.axes
     scale = cell_scale(cell_size, (nx, ny, nz))
@@ -211,6 +220,13 @@ def render_grid(
 ) -> Image.Image:
     """The grid as one RGB image; ``images`` by cell index, a missing one drawn as a grey box
     saying why (``missing[index]``, else "not drawn"). Same inputs, same pixels."""
+    with _FONT_LOCK:
+        return _render_grid(comparison, images, missing or {})
+
+
+def _render_grid(
+    comparison: Comparison, images: Mapping[int, Any], reasons: Mapping[int, str]
+) -> Image.Image:
     cells = comparison.cells()
     present = [images[c.index] for c in cells if images.get(c.index) is not None]
     if present:
@@ -238,7 +254,6 @@ def render_grid(
         first = (top + bottom) // 2 - len(lines) * line // 2
         _draw_lines(draw, lines, layout.left - layout.pad, first, layout, anchor="ra")
 
-    reasons = missing or {}
     for cell in cells:
         box = layout.box(cell)
         image = images.get(cell.index)
