@@ -20,8 +20,15 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
     deleted = f" · 🗑️ deleted by <@{record.deleted_by}>" if record.deleted else ""
     withheld = f" · 🔞 {record.withheld} withheld" if record.withheld else ""
     by = f" · by <@{record.user_id}>" if show_requester else ""
+    if record.kind == "compare":
+        # Its settings vary by cell: the grid's own entry says what it is, its cells the rest.
+        return (
+            f"**#{record.id}** 🔳 comparison: {plain(shorten(record.prompt, 50))}\n"
+            f"seed {record.seed} · {when}{by}{status}{link}{deleted}"
+        )
+    cell = f" · cell of comparison #{record.compare_id}" if record.compare_id else ""
     return (
         f"**#{record.id}** {plain(shorten(record.prompt, 60))}\n"
         f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{by}{status}{link}"
-        f"{withheld}{deleted}"
+        f"{cell}{withheld}{deleted}"
     )

@@ -320,11 +320,22 @@ class Executor:
             job = self._jobs.get(ticket)
             return job is not None and self._cancel_locked(job)
 
-    def cancel_user(self, user_id: int) -> int:
-        """Cancel every queued and running job of ``user_id``; returns how many."""
+    def cancel_user(self, user_id: int) -> list[QueueEntry]:
+        """Cancel every queued and running job of ``user_id``; returns those it cancelled."""
         with self._lock:
             jobs = [j for j in self._jobs.values() if j.user_id == user_id]
-            return sum(self._cancel_locked(j) for j in jobs)
+            running = set(map(id, self._running))
+            return [
+                QueueEntry(
+                    j.ticket,
+                    j.user_id,
+                    j.group,
+                    "running" if id(j) in running else "queued",
+                    j.unit,
+                )
+                for j in jobs
+                if self._cancel_locked(j)
+            ]
 
     def _cancel_locked(self, job: _Job) -> bool:
         if job.cancelled or job.ended:

@@ -4,7 +4,6 @@ SQLite file), a worker that dies inside a batch (the real tiny engine), and bann
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -53,19 +52,29 @@ async def test_job_numbers_are_never_reused_after_forget_or_purge(store: Store) 
 async def test_the_migration_keeps_jobs_and_their_numbers(tmp_path: Path) -> None:
     """A database written by the previous version (schema 3) is rebuilt with its rows, images,
     parent links and indexes, and continues numbering after its highest job."""
-    old = tmp_path / "migrations-0003"
-    old.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("000[123]_*.sql")):
-        shutil.copy(path, old / path.name)
+    # Written with SQL as version 3 wrote it: today's Store reads columns schema 3 lacks.
     db = tmp_path / "old.sqlite"
-    async with Store(db, tmp_path / "data", migrations_dir=old) as s:
-        first = await add(s)
-        child = await add(s, parent_job_id=first)
-        path = await s.save_image(png(b"one"))
-        await s.mark_running(child)
-        await s.mark_done(child, images=[(path, 7)])
-        third = await add(s)
+    image = tmp_path / "data" / "images" / "one.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(png(b"one"))
+    path = image
+    first, child, third = 1, 2, 3
     with sqlite3.connect(db) as conn:
+        for version, sql in enumerate(sorted(MIGRATIONS_DIR.glob("000[123]_*.sql")), start=1):
+            conn.executescript(sql.read_text())
+            conn.execute(f"PRAGMA user_version = {version}")
+        columns = "user_id, user_name, prompt, steps, guidance, eta, count, created_at, guild_id"
+        for job_id, parent in ((first, None), (child, first), (third, None)):
+            conn.execute(
+                f"INSERT INTO jobs (id, parent_job_id, {columns}) "
+                "VALUES (?, ?, 30, 'ada', 'a cat', 50, 6, 0, 1, 0, 10)",
+                (job_id, parent),
+            )
+        conn.execute("UPDATE jobs SET status = 'done', attempts = 1 WHERE id = ?", (child,))
+        conn.execute(
+            "INSERT INTO job_images (job_id, idx, path, seed) VALUES (?, 0, 'images/one.png', 7)",
+            (child,),
+        )
         conn.execute("DELETE FROM jobs WHERE id = ?", (third,))  # the newest was deleted
     async with Store(db, tmp_path / "data") as s:
         record = await s.get_job(child)

@@ -9,7 +9,6 @@ default (everything is read directly). Both must give what search has always mea
 from __future__ import annotations
 
 import random
-import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -290,20 +289,21 @@ async def test_jobs_written_by_another_connection_are_found_and_indexed_on_open(
 async def test_the_migration_indexes_jobs_that_already_exist(
     db_path: Path, tmp_path: Path, window: int
 ) -> None:
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in sorted(MIGRATIONS_DIR.glob("000[1-4]_*.sql")):
-        shutil.copy(path, older)
+    # Rows as version 4 wrote them, with SQL: today's Store reads columns schema 4 lacks.
     prompts = ["ＢＩＧ ＣＡＴ", "die Straße", "夜の東京", "猫", "a dog"]
-    async with Store(db_path, tmp_path / "data", migrations_dir=older) as store:
-        ids = [await add(store, p) for p in prompts]
-        # Without the index, search reads every prompt, with the same meaning.
-        assert await found(store, "cat") == {"ＢＩＧ ＣＡＴ"}
-        assert await found(store, "猫") == {"猫"}
-        assert await store.count_history(10, query="strasse") == 1
+    with sqlite3.connect(db_path) as conn:
+        for version, sql in enumerate(sorted(MIGRATIONS_DIR.glob("000[1-4]_*.sql")), start=1):
+            conn.executescript(sql.read_text())
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.executemany(
+            "INSERT INTO jobs (guild_id, channel_id, user_id, user_name, prompt, steps, "
+            "guidance, eta, count, created_at) VALUES (10, 20, 30, 'ada', ?, 50, 6, 0, 1, 0)",
+            [(p,) for p in prompts],
+        )
+        ids = [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY id")]
 
     async with Store(db_path, tmp_path / "data") as store:
-        assert store.applied_migrations == ["0005_prompt_search.sql"]
+        assert store.applied_migrations == ["0005_prompt_search.sql", "0006_comparisons.sql"]
         assert pending_and_indexed(db_path) == ([], ids)
         assert await found(store, "cat") == {"ＢＩＧ ＣＡＴ"}
         assert await found(store, "STRASSE") == {"die Straße"}

@@ -106,11 +106,15 @@ class Draw(commands.Cog):
 
     @app_commands.command(name="cancel", description="Cancel your queued and running drawings.")
     async def cancel(self, interaction: discord.Interaction) -> None:
-        count = self.bot.executor.cancel_user(interaction.user.id)
+        cancelled = self.bot.executor.cancel_user(interaction.user.id)
+        # A comparison's cells count as the one comparison they make up.
+        comparisons = len({e.unit for e in cancelled if e.unit != e.ticket})
+        drawings = sum(1 for e in cancelled if e.unit == e.ticket)
+        parts = [
+            plural(n, word) for n, word in ((drawings, "drawing"), (comparisons, "comparison")) if n
+        ]
         text = (
-            f"Cancelled {count} drawing{'s' if count != 1 else ''}."
-            if count
-            else "You have nothing queued or drawing."
+            f"Cancelled {' and '.join(parts)}." if parts else "You have nothing queued or drawing."
         )
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -139,7 +143,9 @@ class Draw(commands.Cog):
         for place, entry in places[:15]:
             doing = "drawing now" if entry.state == "running" else f"#{place}"
             you = " (you)" if entry.user_id == me else ""
-            lines.append(f"{doing}: <@{entry.user_id}>{you}, job #{entry.ticket}")
+            # A comparison's cells wait one by one, each at its own place in the round-robin.
+            cell = f" (cell of comparison #{entry.unit})" if entry.unit != entry.ticket else ""
+            lines.append(f"{doing}: <@{entry.user_id}>{you}, job #{entry.ticket}{cell}")
         if len(places) > 15:
             lines.append(f"… and {len(places) - 15} more here")
         if elsewhere:
