@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/batch_invariance.py
 	$(PY) bench/history.py
 	$(PY) bench/cpu_threads.py
+	$(PY) bench/compare_fairness.py
 
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)
