@@ -338,6 +338,10 @@ class CompareMixin:
         try:
             if self._is_withdrawn(job):
                 log.info("comparison %s ended while its requester's data was removed", run.id)
+                if not self._is_forgotten_user(run.user_id):  # a forgotten user hears nothing
+                    await run.delivery.final(
+                        content=f"Comparison #{run.id} was removed by a moderator."
+                    )
                 return
             if not run.images:
                 await self._no_grid(run, first_error)

@@ -172,8 +172,8 @@ def describe(session: PreviewSession) -> str:
         "Easel is running in a local preview: the real bot on a simulated Discord, offline.\n"
         f"\n  Open {session.url}\n\n"
         f'  Server "Easel preview", channel #draw, bot {session.bot.user}. Act as {w.member.name}\n'
-        f'  (a member) or {w.moderator.name} (a moderator) with "Viewing as"; type /draw in the\n'
-        "  message box.\n"
+        f'  (a member) or {w.moderator.name} (a moderator) with "Viewing as"; type /draw (or\n'
+        "  /compare, to see settings side by side) in the message box.\n"
         f"  Model: {s.model}{note}.\n"
         f"  Database: {s.db_path}, pictures: {s.data_dir}/\n"
         "  Press Ctrl-C here to stop.\n"

@@ -97,6 +97,44 @@ async def test_a_2x2_grid_holds_exactly_the_drawings_draw_makes(world):
     ]
     assert all(c.status == "done" and c.message_id == msg.id for c in cells)
     assert (await store.get_job(1)).status == "done"
+    edits = [
+        e.json.get("content") or ""
+        for e in world.env.http_requests
+        if e.method == "PATCH" and isinstance(e.json, dict)
+    ]
+    assert any(t.startswith("Comparing… cell 1 of 4 (step ") for t in edits), edits
+    assert any(t.startswith("Comparing… cell 4 of 4 (step ") for t in edits), edits
+
+
+async def test_purge_and_forget_remove_a_comparison_and_its_cells(world):
+    await world.alice.slash(world.channel, "compare", prompt="a fox", steps="2, 3")
+    await world.idle()
+    store = world.bot.store
+    assert [m for m in world.channel.history() if m.attachments]
+    paths = [c.images[0][0] for c in await store.comparison_cells(1)]
+    paths.append((await store.get_job(1)).images[0][0])
+    assert all(p.is_file() for p in paths)
+    p = await world.mod.slash(world.channel, "mod purge", user=world.alice)
+    await world.mod.click(p.response, label="Yes, delete them")
+    await world.idle()
+    audit = (await store.purges(world.guild.id))[0]
+    # One grid message for the comparison and its cells: deleted once, not found twice more.
+    assert (audit.jobs, audit.messages_deleted, audit.messages_missing) == (3, 1, 0)
+    assert not [m for m in world.channel.history() if m.attachments]  # the grid is gone
+    assert await store.get_job(1) is None and await store.comparison_cells(1) == []
+    assert not any(p.is_file() for p in paths)
+
+
+async def test_purge_stops_a_queued_comparison(world):
+    world.bot.executor.pause()
+    queued = await world.alice.slash(world.channel, "compare", prompt="a cat", steps="2, 3")
+    r = await world.mod.slash(world.channel, "mod purge", user=world.alice)
+    await world.mod.click(r.response, label="Yes, delete them")
+    assert world.bot.executor.pending() == 0
+    world.bot.executor.resume()
+    await world.idle()
+    assert queued.response.content == "Comparison #1 was removed by a moderator."
+    assert await world.bot.store.get_job(1) is None
 
 
 async def test_too_many_cells_and_bad_values_are_refused_privately_with_nothing_stored(world):
