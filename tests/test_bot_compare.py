@@ -106,7 +106,7 @@ async def test_a_2x2_grid_holds_exactly_the_drawings_draw_makes(world):
     assert any(t.startswith("Comparing… cell 4 of 4 (step ") for t in edits), edits
 
 
-async def test_purge_and_forget_remove_a_comparison_and_its_cells(world):
+async def test_purge_removes_a_comparison_and_its_cells(world):
     await world.alice.slash(world.channel, "compare", prompt="a fox", steps="2, 3")
     await world.idle()
     store = world.bot.store
