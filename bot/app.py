@@ -19,7 +19,13 @@ from bot.jobs import JobRunner
 from bot.replies import answer_privately
 from bot.settings import Settings
 from bot.store import EVERYWHERE, Store, StoreBusy
-from bot.views import CellMenu, DeleteButton, RerollButton
+from bot.views import (
+    CellMenu,
+    DeleteButton,
+    RerollButton,
+    VaryButton,
+    VaryStrengthButton,
+)
 from pipeline.errors import EaselError
 
 log = logging.getLogger(__name__)
@@ -112,7 +118,7 @@ class EaselBot(commands.Bot):
         )
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(RerollButton, DeleteButton, CellMenu)
+        self.add_dynamic_items(RerollButton, DeleteButton, CellMenu, VaryButton, VaryStrengthButton)
         await self.jobs.recover()
         await self.sync_commands(force=False)
 

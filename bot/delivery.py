@@ -150,5 +150,6 @@ class Job:
     guild_id: int | None
     user_id: int
     request: DrawRequest
+    kind: str = "draw"  # "draw", "vary" or "upscale": how the result credits its parent
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None

@@ -90,6 +90,7 @@ class JobRunner(CompareMixin):
         request: DrawRequest,
         *,
         parent_job_id: int | None = None,
+        kind: str = "draw",
     ) -> int | None:
         """Check, acknowledge, record and queue one request from an interaction.
 
@@ -116,12 +117,15 @@ class JobRunner(CompareMixin):
             user_id=user.id,
             user_name=user.display_name,
             parent_job_id=parent_job_id,
+            kind=kind,
         )
         interaction.extras["job_id"] = job_id
         delivery = Delivery(
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
-        job = Job(job_id, delivery, parent_job_id, interaction.guild_id, user.id, request)
+        job = Job(
+            job_id, delivery, parent_job_id, interaction.guild_id, user.id, request, kind=kind
+        )
         try:
             self._submit(job, request)
         except QueueFull as exc:  # filled up while we recorded it
@@ -221,6 +225,33 @@ class JobRunner(CompareMixin):
         request = replace(record.request, seed=random_seed() if seed is None else seed, model=None)
         return await self.start(interaction, request, parent_job_id=job_id)
 
+    async def vary(
+        self, interaction: discord.Interaction, job_id: int, index: int, strength: float
+    ) -> int | None:
+        """A variation of picture ``index`` of a past job: its settings and seed, its starting
+        noise mixed with a new variation seed's at ``strength``. Who may: as for a reroll."""
+        record = await self.store.get_job(job_id)
+        if record is None or not await self._may_reroll(interaction, record):
+            await answer_privately(
+                interaction, f"There is no job #{job_id} here that you can vary."
+            )
+            return None
+        if record.kind == "compare" or not 0 <= index < len(record.images):
+            await answer_privately(
+                interaction, f"Job #{job_id} has no picture {index + 1} to vary."
+            )
+            return None
+        _path, seed = record.images[index]
+        request = replace(
+            record.request,
+            seed=seed,
+            count=1,
+            variation_seed=random_seed(),
+            variation_strength=strength,
+            model=None,
+        )
+        return await self.start(interaction, request, parent_job_id=job_id, kind="vary")
+
     async def _may_reroll(self, interaction: discord.Interaction, record: JobRecord) -> bool:
         if record.user_id == interaction.user.id:
             return True
@@ -277,7 +308,13 @@ class JobRunner(CompareMixin):
         """A job from the database, delivered to its channel (its interaction is long gone)."""
         delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
         return Job(
-            record.id, delivery, record.parent_job_id, record.guild_id, record.user_id, request
+            record.id,
+            delivery,
+            record.parent_job_id,
+            record.guild_id,
+            record.user_id,
+            request,
+            kind=record.kind,
         )
 
     def _start_background(self, coro: Any) -> None:
@@ -515,12 +552,15 @@ class JobRunner(CompareMixin):
             pipeline_class=self.engine.capabilities.pipeline_class,
             notes=notes,
             parent_job_id=job.parent_job_id,
+            kind=job.kind,
         )
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
         if self._is_withdrawn(job):
             return None
-        message = await delivery.final(embed=embed, uploads=uploads, view=result_view(job.id))
+        message = await delivery.final(
+            embed=embed, uploads=uploads, view=result_view(job.id, images=len(uploads))
+        )
         if message is None:
             await self._gave_up(job, delivery.failure or "nowhere to post it")
             return None

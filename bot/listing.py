@@ -27,6 +27,10 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
             f"seed {record.seed} · {when}{by}{status}{link}{deleted}"
         )
     cell = f" · cell of comparison #{record.compare_id}" if record.compare_id else ""
+    if record.kind == "vary" and record.parent_job_id:
+        cell += f" · variation of #{record.parent_job_id}"
+    elif record.kind == "upscale" and record.parent_job_id:
+        cell += f" · upscaled from #{record.parent_job_id}"
     return (
         f"**#{record.id}** {plain(shorten(record.prompt, 60))}\n"
         f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{by}{status}{link}"

@@ -57,6 +57,10 @@ class Jobs(Protocol):
 
     async def delete(self, interaction: discord.Interaction, job_id: int) -> None: ...
 
+    async def vary(
+        self, interaction: discord.Interaction, job_id: int, index: int, strength: float
+    ) -> int | None: ...
+
     async def compare(
         self, interaction: discord.Interaction, comparison: Comparison
     ) -> int | None: ...

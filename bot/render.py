@@ -37,6 +37,7 @@ def result_embed(
     notes: tuple[str, ...] = (),
     parent_job_id: int | None = None,
     pipeline_class: str | None = None,
+    kind: str = "draw",
 ) -> discord.Embed:
     """The settings that made the picture, with the exact field names users look for.
 
@@ -58,7 +59,18 @@ def result_embed(
     embed.add_field(name="Sampler", value=sampler_label(request.sampler))
     embed.add_field(name="Size", value=f"{request.width}x{request.height}")
     embed.add_field(name="Model", value=shorten(str(request.model), 200))
-    credit = f"Rerolled from job #{parent_job_id} by" if parent_job_id else "Requested by"
+    variations = request.variation_seeds()
+    if variations is not None and request.variation_strength > 0:
+        embed.add_field(
+            name="Variation",
+            value=f"seed {', '.join(map(str, variations))} at {request.variation_strength:g}",
+        )
+    if not parent_job_id:
+        credit = "Requested by"
+    elif kind == "vary":
+        credit = f"Variation of job #{parent_job_id} by"
+    else:
+        credit = f"Rerolled from job #{parent_job_id} by"
     embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)
     for note in notes[:3]:
         embed.add_field(name="Note", value=shorten(note, 1000), inline=False)

@@ -68,10 +68,85 @@ class DeleteButton(
         await bot.guarded(interaction, bot.jobs.delete(interaction, self.job_id))
 
 
-def result_view(job_id: int) -> discord.ui.View:
+# Midjourney's Vary (Subtle) and Vary (Strong), as A1111 variation-seed strengths.
+VARY_SUBTLE = 0.25
+VARY_STRONG = 0.6
+_STRENGTHS = {"subtle": VARY_SUBTLE, "strong": VARY_STRONG}
+
+
+class VaryButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:vary:(?P<job>\d+):(?P<i>\d)"
+):
+    """``V1``..``Vn``: asks (privately) how strong a variation of that picture to draw."""
+
+    def __init__(self, job_id: int, index: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"V{index + 1}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"easel:vary:{job_id}:{index}",
+                row=1,
+            )
+        )
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> VaryButton:
+        return cls(int(match["job"]), int(match["i"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        view = discord.ui.View(timeout=None)
+        for how in _STRENGTHS:
+            view.add_item(VaryStrengthButton(self.job_id, self.index, how))
+        await interaction.response.send_message(
+            f"A variation of picture {self.index + 1} of job #{self.job_id}: same settings and "
+            f"seed, its noise mixed with a new seed's. Subtle keeps it close "
+            f"({VARY_SUBTLE:g}); strong changes more ({VARY_STRONG:g}).",
+            view=view,
+            ephemeral=True,
+        )
+
+
+class VaryStrengthButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:varyby:(?P<job>\d+):(?P<i>\d):(?P<how>subtle|strong)",
+):
+    """Vary (Subtle) / Vary (Strong): queues the variation; the result credits the clicker."""
+
+    def __init__(self, job_id: int, index: int, how: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Vary ({how.capitalize()})",
+                emoji="🌀" if how == "strong" else "🌱",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"easel:varyby:{job_id}:{index}:{how}",
+            )
+        )
+        self.job_id, self.index, self.how = job_id, index, how
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> VaryStrengthButton:
+        return cls(int(match["job"]), int(match["i"]), match["how"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: Easel = interaction.client  # type: ignore[assignment]
+        strength = _STRENGTHS[self.how]
+        await bot.guarded(
+            interaction, bot.jobs.vary(interaction, self.job_id, self.index, strength)
+        )
+
+
+def result_view(job_id: int, *, images: int = 0) -> discord.ui.View:
+    """Reroll and Delete; V1..Vn (one per posted picture) on the next row."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
+    for i in range(min(images, 5)):
+        view.add_item(VaryButton(job_id, i))
     return view
 
 

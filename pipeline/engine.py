@@ -172,6 +172,10 @@ class Engine:
             request,
             sampler=request.sampler or caps.default_sampler,
             seed=random_seed() if request.seed is None else request.seed,
+            # A strength with no variation seed asks for a random one (kept, so it redraws).
+            variation_seed=random_seed()
+            if request.variation_seed is None and request.variation_strength > 0
+            else request.variation_seed,
             width=request.width or caps.default_width,
             height=request.height or caps.default_height,
             model=self.model,
@@ -215,6 +219,12 @@ class Engine:
                     "A negative prompt only has an effect with guidance above 1; "
                     "raise the guidance or drop the negative prompt."
                 )
+        if not 0 <= r.variation_strength <= 1:
+            raise UnsupportedOption(
+                f"The variation strength must be between 0 and 1; got {r.variation_strength:g}."
+            )
+        if r.variation_seed is not None and not 0 <= r.variation_seed <= MAX_SEED:
+            raise UnsupportedOption(f"The variation seed must be between 0 and {MAX_SEED}.")
         if not 0 <= r.eta <= 1:
             raise UnsupportedOption(f"Eta must be between 0 and 1; got {r.eta:g}.")
         if r.eta and not (caps.eta and SAMPLERS[r.sampler or ""].uses_eta):
@@ -323,6 +333,8 @@ class Engine:
             kwargs["negative_prompt"] = [
                 r.negative_prompt for r in resolved for _ in range(r.count)
             ]
+        if any(r.variation_seed is not None for r in resolved):
+            kwargs["latents"] = self._initial_noise(resolved, generators)
         started = time.perf_counter()
         self.pipe.scheduler = scheduler
         self.pipe.progress_bar = _StepReporter.factory(on_step)
@@ -361,6 +373,34 @@ class Engine:
             start = end
         return results
 
+    def _initial_noise(self, requests: Sequence[DrawRequest], generators: list[Any]) -> Any:
+        """The starting latents, made as the pipeline makes them (same shape, dtype and draws
+        from each image's generator, so its later draws are unchanged), with each varied
+        image's noise slerped towards its variation seed's."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        first = requests[0]
+        pipe = self.pipe
+        # LDMTextToImagePipeline sizes its latents by 8 whatever its autoencoder does.
+        factor = 8 if type(pipe).__name__ == "LDMTextToImagePipeline" else _vae_scale_factor(pipe)
+        assert first.width is not None and first.height is not None  # resolved
+        shape = (1, pipe.unet.config.in_channels, first.height // factor, first.width // factor)
+        encoder = getattr(pipe, "text_encoder", None) or getattr(pipe, "bert", None) or pipe.unet
+        dtype, device = encoder.dtype, pipe._execution_device
+        noises, k = [], 0
+        for r in requests:
+            variations = r.variation_seeds()
+            for i in range(r.count):
+                noise = randn_tensor(shape, generator=generators[k], device=device, dtype=dtype)
+                if variations is not None and r.variation_strength > 0:
+                    other_gen = torch.Generator("cpu").manual_seed(variations[i])
+                    other = randn_tensor(shape, generator=other_gen, device=device, dtype=dtype)
+                    noise = slerp(r.variation_strength, noise, other)
+                noises.append(noise)
+                k += 1
+        return torch.cat(noises)
+
     def _check_safety(self, images: list[Any]) -> list[bool]:
         """The model's safety checker's verdict per image, leaving the images untouched."""
         import numpy as np
@@ -385,6 +425,24 @@ class Engine:
             # where it passes one, still wins.
             scheduler.step = functools.partial(scheduler.step, generator=generators)
         return scheduler
+
+
+def slerp(t: float, low: Any, high: Any) -> Any:
+    """Spherical interpolation between two noise tensors, as A1111's variation seed does it
+    (falls back to a straight line when they are nearly parallel)."""
+    import torch
+
+    low_f, high_f = low.float(), high.float()
+    low_n = low_f / torch.linalg.vector_norm(low_f)
+    high_n = high_f / torch.linalg.vector_norm(high_f)
+    dot = (low_n * high_n).sum().clamp(-1.0, 1.0)
+    if dot.abs() > 0.9995:
+        mixed = (1 - t) * low_f + t * high_f
+    else:
+        omega = torch.acos(dot)
+        so = torch.sin(omega)
+        mixed = (torch.sin((1 - t) * omega) / so) * low_f + (torch.sin(t * omega) / so) * high_f
+    return mixed.to(low.dtype)
 
 
 def example_prompts(model: str, source: str | os.PathLike[str] | None = None) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.request import DrawRequest, guidance_is_off
+from pipeline.request import MAX_SEED, DrawRequest, guidance_is_off
 from pipeline.samplers import SAMPLERS, get_sampler, sampler_label
 
 PARAMETERS_KEY = "parameters"
@@ -58,6 +58,11 @@ def format_parameters(
     ]
     if eta and r.sampler in SAMPLERS and SAMPLERS[r.sampler].uses_eta:
         pairs.append(("Eta", f"{r.eta:g}"))
+    if r.variation_seed is not None and r.variation_strength > 0:
+        # A1111's keys; image i of a request uses variation seed + i as it uses seed + i.
+        offset = 0 if seed is None or r.seed is None else (seed - r.seed) % (MAX_SEED + 1)
+        pairs.append(("Variation seed", str((r.variation_seed + offset) % (MAX_SEED + 1))))
+        pairs.append(("Variation seed strength", f"{r.variation_strength:g}"))
     lines = [r.prompt]
     if r.negative_prompt:
         lines.append(f"{_NEGATIVE} {r.negative_prompt}")
@@ -126,6 +131,10 @@ def request_from_parameters(text: str) -> DrawRequest:
         width=width,
         height=height,
         model=s.get("Model"),
+        variation_seed=int(s["Variation seed"]) if "Variation seed" in s else None,
+        variation_strength=float(s.get("Variation seed strength", 0.0))
+        if "Variation seed" in s
+        else 0.0,
     )
 
 

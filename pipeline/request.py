@@ -60,12 +60,28 @@ class DrawRequest:
     height: int | None = None
     count: int = 1
     model: str | None = None
+    # A1111's variation seed: the starting noise of image i is the spherical interpolation of
+    # the noise of seed + i and of variation_seed + i, this far towards the latter (0: the
+    # picture of the seed alone, 1: the picture of the variation seed).
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
 
     def seeds(self) -> list[int]:
         """The seed of each image: ``seed``, ``seed + 1``, ..."""
         if self.seed is None:
             raise ValueError("the request has no seed yet: resolve it first")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def varied(self) -> bool:
+        """Whether the starting noise mixes in a variation seed."""
+        return self.variation_seed is not None and self.variation_strength > 0
+
+    def variation_seeds(self) -> list[int] | None:
+        """The variation seed of each image, or None when the request is not a variation."""
+        if self.variation_seed is None:
+            return None
+        return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.count)]
 
     def with_seed(self, seed: int) -> DrawRequest:
         return replace(self, seed=seed)

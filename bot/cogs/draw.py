@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.render import plural
+from bot.views import VARY_STRONG
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
 from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
@@ -59,6 +60,8 @@ class Draw(commands.Cog):
         width="Width in pixels, a multiple of 8",
         height="Height in pixels, a multiple of 8",
         count="How many pictures (1-4); picture i uses seed + i",
+        variation_seed="Mix in this seed's noise (A1111's variation seed); random if only strength",
+        variation_strength="How far towards the variation seed (0-1): 0.25 subtle, 0.6 strong",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
     async def draw(
@@ -74,6 +77,8 @@ class Draw(commands.Cog):
         width: app_commands.Range[int, 64, 2048] | None = None,
         height: app_commands.Range[int, 64, 2048] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        variation_seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        variation_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         settings = self.bot.settings
         # Options left out take this server's defaults (its /mod settings, else the bot's).
@@ -89,6 +94,11 @@ class Draw(commands.Cog):
             width=width or policy.default_width,
             height=height or policy.default_height,
             count=count or 1,
+            variation_seed=variation_seed,
+            # A variation seed alone asks for a variation: strong unless told otherwise.
+            variation_strength=variation_strength
+            if variation_strength is not None
+            else (VARY_STRONG if variation_seed is not None else 0.0),
         )
         await self.bot.jobs.start(interaction, request)
 

@@ -13,7 +13,7 @@ import aiosqlite
 
 from bot.store.errors import InvalidTransition, JobNotFound, StoreError
 from bot.store.files import FilesMixin
-from bot.store.records import _JOB_COLUMNS, REQUEST_COLUMNS, UNFINISHED, JobRecord
+from bot.store.records import _JOB_COLUMNS, JOB_KINDS, REQUEST_COLUMNS, UNFINISHED, JobRecord
 from pipeline.request import DrawRequest
 
 _SELECT_JOBS: Final = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
@@ -32,10 +32,16 @@ class JobsMixin(FilesMixin):
         user_name: str,
         parent_job_id: int | None = None,
         status: str = "queued",
+        kind: str = "draw",
     ) -> int:
-        """Record a new job (``queued``, or ``refused`` by moderation) and return its id."""
+        """Record a new job (``queued``, or ``refused`` by moderation) and return its id.
+
+        ``kind`` says what it is for people: a drawing, a variation or an upscale of its parent.
+        """
         if status not in ("queued", "refused"):
             raise ValueError(f"a new job is 'queued' or 'refused', not {status!r}")
+        if kind not in JOB_KINDS or kind == "compare":
+            raise ValueError(f"add_job records a drawing, variation or upscale, not {kind!r}")
         now = self._clock()
         columns: dict[str, Any] = {
             "guild_id": guild_id,
@@ -44,6 +50,7 @@ class JobsMixin(FilesMixin):
             "user_name": user_name,
             "parent_job_id": parent_job_id,
             "status": status,
+            "kind": kind,
             "created_at": now,
             "finished_at": None if status == "queued" else now,
         }

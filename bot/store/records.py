@@ -8,7 +8,7 @@ from typing import Final
 
 from pipeline.request import DrawRequest
 
-JOB_KINDS: Final = ("draw", "compare")
+JOB_KINDS: Final = ("draw", "compare", "vary", "upscale")
 STATUSES: Final = ("queued", "running", "done", "failed", "cancelled", "refused")
 UNFINISHED: Final = ("queued", "running")
 
@@ -26,6 +26,8 @@ REQUEST_COLUMNS: Final = (
     "height",
     "count",
     "model",
+    "variation_seed",
+    "variation_strength",
 )
 
 
@@ -66,6 +68,8 @@ class JobRecord:
     kind: str = "draw"  # "draw", or "compare": a /compare grid whose cells are jobs of their own
     compare_id: int | None = None  # for a comparison's cell: the comparison's job number
     spec: str | None = None  # for a comparison: its axes (JSON, Comparison.to_dict)
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property

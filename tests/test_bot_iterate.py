@@ -1,0 +1,131 @@
+"""Iterating on a result through SimCord: the Vary buttons and the variation options of /draw."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.pngmeta import read_parameters, request_from_parameters
+from tests.conftest import shut_down
+
+
+def fields(message) -> dict[str, str]:
+    return {f.name: f.value for f in message.embeds[0].fields}
+
+
+async def pixels(attachment) -> np.ndarray:
+    with Image.open(io.BytesIO(await attachment.read())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+async def vary(world, member, message, index: int, how: str):
+    """Click V<index> on a result, then Vary (Subtle|Strong) in the private picker."""
+    picker = await member.click(message, label=f"V{index}")
+    assert picker.ephemeral and f"picture {index} of job" in picker.response.content
+    result = await member.click(picker.response, label=f"Vary ({how})")
+    await world.idle()
+    return result
+
+
+async def test_v2_varies_the_picture_clicked_as_draw_would_with_that_variation_seed(world):
+    r = await world.bob.slash(world.channel, "draw", prompt="a fox", seed=40, count=2)
+    await world.idle()
+    post = r.response
+    ids = [c["custom_id"] for row in post.components for c in row["components"]]
+    assert ids[-2:] == ["easel:vary:1:0", "easel:vary:1:1"]
+
+    res = await vary(world, world.alice, post, 2, "Strong")
+    card = res.response
+    assert not card.ephemeral
+    f = fields(card)
+    assert f["Seed"] == "41"  # picture 2's own seed
+    assert f["\u200b"] == f"Variation of job #1 by <@{world.alice.id}>"
+    job = await world.bot.store.get_job(2)
+    assert job.kind == "vary" and job.parent_job_id == 1 and job.count == 1
+    assert job.variation_strength == 0.6 and job.variation_seed is not None
+    assert f["Variation"] == f"seed {job.variation_seed} at 0.6"
+    data = await card.attachments[0].read()
+    text = read_parameters(data) or ""
+    assert f"Variation seed: {job.variation_seed}, Variation seed strength: 0.6" in text
+    again = request_from_parameters(text)
+    assert (again.variation_seed, again.variation_strength) == (job.variation_seed, 0.6)
+
+    by_hand = await world.alice.slash(
+        world.channel,
+        "draw",
+        prompt="a fox",
+        seed=41,
+        variation_seed=job.variation_seed,
+        variation_strength=0.6,
+    )
+    await world.idle()
+    varied = await pixels(card.attachments[0])
+    assert np.array_equal(await pixels(by_hand.response.attachments[0]), varied)
+    plain = await world.alice.slash(world.channel, "draw", prompt="a fox", seed=41)
+    await world.idle()
+    assert not np.array_equal(await pixels(plain.response.attachments[0]), varied)
+
+    subtle = await vary(world, world.alice, post, 1, "Subtle")
+    assert (await world.bot.store.get_job(5)).variation_strength == 0.25
+    assert fields(subtle.response)["Seed"] == "40"
+    h = await world.alice.slash(world.channel, "history")
+    assert "variation of #1" in h.response.embeds[0].description
+
+
+async def test_strength_zero_is_the_original_picture(world):
+    original = await world.alice.slash(world.channel, "draw", prompt="a hen", seed=9)
+    same = await world.alice.slash(
+        world.channel, "draw", prompt="a hen", seed=9, variation_seed=123, variation_strength=0.0
+    )
+    await world.idle()
+    assert np.array_equal(
+        await pixels(original.response.attachments[0]), await pixels(same.response.attachments[0])
+    )
+    assert "Variation" not in fields(same.response)  # nothing was varied
+
+
+async def test_a_variation_seed_alone_means_a_strong_variation(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a hen", seed=9, variation_seed=5)
+    await world.idle()
+    assert fields(r.response)["Variation"] == "seed 5 at 0.6"
+
+
+async def test_vary_obeys_the_caps_and_is_refused_privately_for_strangers(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a cow", seed=1)
+    await world.idle()
+    post = r.response
+    world.bot.executor.pause()
+    for prompt in ("a hen", "a pig", "a cat"):
+        await world.bob.slash(world.channel, "draw", prompt=prompt)
+    picker = await world.bob.click(post, label="V1")
+    full = await world.bob.click(picker.response, label="Vary (Strong)")
+    assert full.ephemeral and "limit is 3" in full.response.content
+    assert await world.bot.store.get_job(5) is None  # nothing recorded
+    world.bot.executor.resume()
+    await world.idle()
+
+
+async def test_vary_buttons_work_after_a_restart_and_a_queued_variation_survives_it(
+    world, make_bot
+):
+    env, old = world.env, world.bot
+    r = await world.alice.slash(world.channel, "draw", prompt="an owl", seed=3)
+    await world.idle()
+    post = r.response
+    old.executor.pause()
+    picker = await world.bob.click(post, label="V1")
+    await world.bob.click(picker.response, label="Vary (Subtle)")  # queued: the GPU is busy
+    assert (await old.store.get_job(2)).status == "queued"
+    await shut_down(old)
+    new = make_bot()
+    await env.restart_bot(new)
+    await world.idle()
+    job = await new.store.get_job(2)
+    assert job.status == "done" and job.kind == "vary" and job.variation_strength == 0.25
+    res = await vary(world, world.alice, post, 1, "Strong")
+    assert fields(res.response)["\u200b"].startswith("Variation of job #1 by")
+    posted = [m for m in world.channel.history() if m.embeds]
+    restored = next(m for m in posted if m.embeds[0].footer.text == "Job #2")
+    assert fields(restored)["\u200b"] == f"Variation of job #1 by <@{world.bob.id}>"
