@@ -6,9 +6,10 @@ guidance of their own, so nothing of theirs can share a diffusers call with a ce
 other. Each comparison cell is its own job under the comparison's unit, so the round-robin
 serves one cell, then each waiting member, then the next cell.
 
-Prints, with batching on and off: each draw's wait (seconds, and how many of the comparison's
-cells were drawn before it started; target: at most 2), the comparison's total time, and what
-the draws would have waited behind the whole grid run as one job (16 cells).
+Prints, with batching on and off, for draws queued with the grid and for draws queued while it
+draws (when its 5th cell starts): each draw's wait (seconds, and how many of the comparison's
+cells started after it was queued and before it started; target: at most 2), the comparison's
+total time, and what the draws would have waited behind the whole grid run as one job.
 """
 
 from __future__ import annotations
@@ -49,24 +50,46 @@ class Result:
     order: list[str]
 
 
-async def scenario(engine: Engine, max_batch: int) -> Result:
+async def scenario(engine: Engine, max_batch: int, *, late: bool = False) -> Result:
+    """``late``: the three draws arrive while the grid is drawing (when its 5th cell starts);
+    "cells before it" then counts the cells that started after they arrived."""
     comparison = build_comparison(
         DrawRequest(PROMPT, steps=STEPS, seed=7),
         replace=WORDINGS,
         guidance=GUIDANCES,
     )
     cells = comparison.cells()
-    executor = Executor(engine, max_batch=max_batch, progress_interval=0)
+    executor = Executor(engine, max_batch=max_batch, progress_interval=0, on_start=None)
+    executor.on_start = lambda tickets: on_start(tickets)
     started: dict[int, float] = {}
     ended: dict[int, float] = {}
     order: list[int] = []
     done = asyncio.Event()
     total = len(cells) + len(DRAWS)
 
-    def on_progress(ticket: int, step: int, steps: int) -> None:
-        if step == 0:
-            started[ticket] = time.perf_counter()
+    arrived: list[float] = []  # when the draws were queued
+
+    def submit_draws() -> None:
+        arrived.append(time.perf_counter())
+        for user, (_, guidance) in DRAWS.items():
+            executor.submit(
+                DrawRequest(PROMPT, steps=STEPS, guidance=guidance, seed=user),
+                user_id=user,
+                ticket=user,
+                on_progress=lambda s, n, t=user: on_progress(t, s, n),
+                on_done=lambda o, t=user: on_done(t, o),
+            )
+
+    def on_start(tickets: list[int]) -> None:
+        # On the worker thread, as each batch starts: the true start order and times.
+        now = time.perf_counter()
+        for ticket in tickets:
+            started[ticket] = now
             order.append(ticket)
+
+    def on_progress(ticket: int, step: int, steps: int) -> None:
+        if late and step == 0 and not arrived and ticket == CELL_UNIT + 4:
+            submit_draws()
 
     def on_done(ticket: int, outcome: JobOutcome) -> None:
         assert outcome.status == "done", outcome
@@ -85,14 +108,8 @@ async def scenario(engine: Engine, max_batch: int) -> Result:
             on_progress=lambda s, n, t=ticket: on_progress(t, s, n),
             on_done=lambda o, t=ticket: on_done(t, o),
         )
-    for user, (_, guidance) in DRAWS.items():
-        executor.submit(
-            DrawRequest(PROMPT, steps=STEPS, guidance=guidance, seed=user),
-            user_id=user,
-            ticket=user,
-            on_progress=lambda s, n, t=user: on_progress(t, s, n),
-            on_done=lambda o, t=user: on_done(t, o),
-        )
+    if not late:
+        submit_draws()
     assert executor.pending(ALICE) == 1  # the comparison counts once against the caps
     t0 = time.perf_counter()
     executor.resume()
@@ -101,9 +118,15 @@ async def scenario(engine: Engine, max_batch: int) -> Result:
     executor.close()
     wall = max(ended.values()) - t0
     rows = []
+    since = arrived[0] if late else t0
     for user, (name, _) in DRAWS.items():
-        ahead = sum(1 for t in order[: order.index(user)] if t >= CELL_UNIT)
-        rows.append((name, started[user] - t0, ahead))
+        # Cells that started after the draw was queued and before it started.
+        ahead = sum(
+            1
+            for t in order[: order.index(user)]
+            if t >= CELL_UNIT and (not late or started[t] > since)
+        )
+        rows.append((name, started[user] - since, ahead))
     return Result(
         rows=rows,
         grid_s=max(ended[CELL_UNIT + c.index] for c in cells) - t0,
@@ -118,10 +141,11 @@ async def main() -> int:
     engine.run(DrawRequest("warm up", steps=2, seed=0))
     ok = True
     print(f"tiny:shapes, {STEPS} steps, 16 cells (4 wordings x 4 guidance) + 3 single draws")
-    for max_batch in (4, 1):
-        result = await scenario(engine, max_batch)
+    for late, max_batch in ((False, 4), (False, 1), (True, 4), (True, 1)):
+        result = await scenario(engine, max_batch, late=late)
         per = result.per_picture_s
-        print(f"\nbatching {'on (max 4)' if max_batch > 1 else 'off'}:")
+        when = "queued while the grid draws (at its 5th cell)" if late else "queued together"
+        print(f"\ndraws {when}, batching {'on (max 4)' if max_batch > 1 else 'off'}:")
         print(f"  start order: {' '.join(result.order)}")
         print(f"  {'member':<8}{'waited':>9}{'cells before it':>17}{'behind 16 pictures':>20}")
         for name, wait, ahead in result.rows:

@@ -113,6 +113,9 @@ class Executor:
         self._lock = threading.Condition()
         self._queues: dict[int, deque[_Job]] = {}
         self._rotation: deque[int] = deque()  # users with queued jobs, in serving order
+        # Users whose batch is running and who have more queued: they rejoin the rotation at the
+        # next take, so whoever arrives meanwhile is served before their next job.
+        self._held: list[int] = []
         self._jobs: dict[int, _Job] = {}  # queued and running, by ticket
         self._running: list[_Job] = []
         self._tickets = itertools.count(1)
@@ -231,7 +234,7 @@ class Executor:
             self._jobs[ticket] = job
             if user_id not in self._queues:
                 self._queues[user_id] = deque()
-                self._rotation.append(user_id)
+                self._rotation.append(user_id)  # ahead of the held ones
             self._queues[user_id].append(job)
             self._outstanding += 1
             idle.clear()
@@ -274,7 +277,7 @@ class Executor:
         """
         queues = [
             [j for j in self._queues[u] if not (runnable and j.group in self._paused_groups)]
-            for u in self._rotation
+            for u in self._serving_order()
         ]
         order: list[_Job] = []
         for depth in range(max((len(q) for q in queues), default=0)):
@@ -348,7 +351,7 @@ class Executor:
             queue.remove(job)
             if not queue:
                 del self._queues[job.user_id]
-                self._rotation.remove(job.user_id)
+                self._leave_rotation(job.user_id)
         self._jobs.pop(job.ticket, None)
         self._finish(job, JobOutcome(job.ticket, job.user_id, "cancelled", job.request))
         return True
@@ -403,13 +406,26 @@ class Executor:
 
     def _has_runnable(self) -> bool:
         if not self._paused_groups:
-            return bool(self._rotation)
+            return bool(self._queues)
         return any(
-            j.group not in self._paused_groups for u in self._rotation for j in self._queues[u]
+            j.group not in self._paused_groups
+            for u in self._serving_order()
+            for j in self._queues[u]
         )
+
+    def _serving_order(self) -> list[int]:
+        return [*self._rotation, *self._held]
+
+    def _leave_rotation(self, user_id: int) -> None:
+        if user_id in self._rotation:
+            self._rotation.remove(user_id)
+        if user_id in self._held:
+            self._held.remove(user_id)
 
     def _take_batch(self) -> list[_Job]:
         """Take the longest run of compatible jobs from the head of the fair order."""
+        self._rotation.extend(self._held)  # the last batch's users: to the back of the round
+        self._held.clear()
         order = self._fair_order(runnable=True)
         head = order[0]
         key = batch_key(head.request)
@@ -422,9 +438,9 @@ class Executor:
         for job in batch:
             queue = self._queues[job.user_id]
             queue.remove(job)  # not always the head: a paused group's jobs may stand before it
-            self._rotation.remove(job.user_id)
+            self._leave_rotation(job.user_id)
             if queue:
-                self._rotation.append(job.user_id)  # to the back of the round
+                self._held.append(job.user_id)
             else:
                 del self._queues[job.user_id]
         return batch

@@ -288,3 +288,29 @@ async def test_close_joins_the_thread(sd_engine):
     assert thread is not None and thread.is_alive()
     ex.close()
     assert not thread.is_alive()
+
+
+async def test_someone_arriving_while_a_user_draws_goes_before_that_users_next_job(sd_engine):
+    """Alice's second cell does not start before Bob, who asked while her first was drawing."""
+    ex = Executor(sd_engine, max_batch=1)
+    rec = Recorder()
+    started: list[int] = []
+    arrived = threading.Event()
+    loop = asyncio.get_running_loop()
+    bob: list[int] = []
+
+    def on_start(tickets: list[int]) -> None:
+        started.extend(tickets)
+        if len(started) == 1:  # Alice's first job is about to draw: Bob asks now
+            loop.call_soon_threadsafe(lambda: bob.append(rec.submit(ex, req(seed=9), user=2)))
+            loop.call_soon_threadsafe(arrived.set)
+            arrived.wait(10)
+
+    ex.on_start = on_start
+    alice = [rec.submit(ex, req(seed=i), user=1) for i in range(3)]
+    while not bob:
+        await asyncio.sleep(0.01)
+    await ex.wait_idle()
+    assert started == [alice[0], bob[0], alice[1], alice[2]]
+    assert len(ex.cancel_user(1)) == 0  # nothing left behind
+    ex.close()
