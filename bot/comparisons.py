@@ -100,6 +100,7 @@ class CompareMixin:
         executor: Executor
         max_attempts: int
         _inflight: dict[int, Job]
+        _purged: set[int]
         _inflight_changed: asyncio.Condition
         _last_start: dict[tuple[int | None, int], float]
         _withdrawn: set[tuple[int | None, int]]
@@ -133,7 +134,8 @@ class CompareMixin:
             comparison, notes = await self._admit_comparison(interaction, comparison)
         except PromptRefused as refusal:
             await answer_privately(interaction, str(refusal))
-            await self._record_refused(interaction, comparison.base)
+            # The cell whose words were refused, so moderators see what was asked.
+            await self._record_refused(interaction, getattr(refusal, "request", comparison.base))
             return None
         except EaselError as refusal:
             await answer_privately(interaction, str(refusal))
@@ -199,7 +201,11 @@ class CompareMixin:
             )
         prompts = {(c.request.prompt, c.request.negative_prompt): c.request for c in cells}
         for request in prompts.values():
-            await self._check_banned_words(interaction.guild_id, request)
+            try:
+                await self._check_banned_words(interaction.guild_id, request)
+            except PromptRefused as refusal:
+                refusal.request = request  # type: ignore[attr-defined]
+                raise
         self._check_cooldown(interaction.guild_id, user.id, policy)
         # The shared settings resolve once, so every cell has the same size, sampler and seed.
         base = self.engine.resolve(comparison.base)
@@ -221,7 +227,7 @@ class CompareMixin:
     @staticmethod
     def _cell_name(comparison: Comparison, cell: Cell) -> str:
         """The cell as the grid labels it: “Steps: 200, Guidance: 6”."""
-        return "“" + ", ".join(comparison.cell_labels(cell)) + "”"
+        return "“" + ", ".join(shorten(label, 60) for label in comparison.cell_labels(cell)) + "”"
 
     def _submit_cells(
         self,
@@ -286,6 +292,7 @@ class CompareMixin:
             run.missing.setdefault(cell.index, "failed")
             log.exception("keeping cell %s of comparison %s failed", job.id, run.id)
         finally:
+            self._purged.discard(job.id)
             self._log_outcome(job, outcome)
             self._inflight.pop(job.id, None)
             async with self._inflight_changed:
@@ -335,6 +342,7 @@ class CompareMixin:
         job = Job(
             run.id, run.delivery, run.parent_job_id, run.guild_id, run.user_id, run.comparison.base
         )
+        stored = False
         try:
             if self._is_withdrawn(job):
                 log.info("comparison %s ended while its requester's data was removed", run.id)
@@ -363,15 +371,22 @@ class CompareMixin:
             except BaseException:
                 await self.store.discard_images([path])
                 raise
+            stored = True
             await self.post_comparison(run, data)
         except JobNotFound:
             log.info("comparison %s was removed before its grid was posted", run.id)
-        except Exception:
+        except Exception as exc:
             log.exception("finishing comparison %s failed", run.id)
+            # Ended either way, so a restart neither draws it again nor posts it again.
+            with contextlib.suppress(Exception):
+                if stored:
+                    await self.store.mark_undeliverable(run.id, f"posting the grid failed: {exc!r}")
+                else:
+                    await self.store.mark_failed(run.id, f"making the grid failed: {exc!r}")
             with contextlib.suppress(Exception):
                 await run.delivery.final(
-                    content=f"⚠️ Comparison #{run.id} failed: its grid could not be made; "
-                    "the error has been logged."
+                    content=f"⚠️ Comparison #{run.id} failed: its grid could not be "
+                    f"{'posted' if stored else 'made'}; the error has been logged."
                 )
 
     async def _no_grid(self, run: ComparisonRun, error: str) -> None:
@@ -452,11 +467,16 @@ class CompareMixin:
             else:  # "Steps: 20, 50" rather than "Steps: 20 · Steps: 50"
                 name = labels[0].split(": ", 1)[0]
                 text = f"{name}: " + ", ".join(label.split(": ", 1)[1] for label in labels)
-            embed.add_field(name=title, value=plain(shorten(text, 1000)), inline=False)
+            # Escaped, then cut: escaping can double a text that was short enough before.
+            embed.add_field(name=title, value=shorten(plain(text), 1000), inline=False)
+        fixed = []
         for name, value in comparison.fixed.items():
             if name == "Guidance":  # as it acts on this model: "1 (off)"
                 value = guidance_label(base.guidance, caps.pipeline_class)
-            embed.add_field(name=name, value=plain(shorten(value, 200)))
+            if name in ("Seed", "Model"):
+                embed.add_field(name=name, value=shorten(plain(value), 200))
+            else:  # the settings every cell shares: in the footer, out of the way
+                fixed.append(f"{name} {value}")
         credit = (
             f"Rerolled from comparison #{run.parent_job_id} by"
             if run.parent_job_id
@@ -472,9 +492,10 @@ class CompareMixin:
         for note in notes[:3]:
             embed.add_field(name="Note", value=shorten(note, 1000), inline=False)
         first, last = run.cell_ids[0], run.cell_ids[-1]
+        same = f" · every cell: {', '.join(fixed)}" if fixed else ""
         embed.set_footer(
             text=f"Job #{run.id} · comparison of {plural(run.size, 'cell')} "
-            f"(jobs #{first}-#{last}) · open a cell below to reroll it"
+            f"(jobs #{first}-#{last}){same} · open a cell below to reroll it"
         )
         return embed
 
@@ -552,8 +573,7 @@ class CompareMixin:
                 queued += await self._resume(record, cells)
             except Exception:
                 log.exception("could not resume comparison %s", record.id)
-                with contextlib.suppress(Exception):
-                    await self.store.mark_failed(record.id, "could not resume after a restart")
+                await self._abandon(record)
         for record in records:
             # A cell whose comparison is over (or gone) has nothing to join: stop it.
             if record.compare_id is not None and record.id not in handled:
@@ -561,6 +581,20 @@ class CompareMixin:
                 with contextlib.suppress(Exception):
                     await self.store.mark_cancelled(record.id)
         return queued, handled
+
+    async def _abandon(self, record: JobRecord) -> None:
+        """A comparison that can't be resumed: end it and its unfinished cells, and say so."""
+        with contextlib.suppress(Exception):
+            for cell in await self.store.comparison_cells(record.id):
+                if not cell.finished:
+                    await self.store.mark_failed(cell.id, "its comparison could not be resumed")
+        with contextlib.suppress(Exception):
+            await self.store.mark_failed(record.id, "could not resume after a restart")
+            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+            await delivery.final(
+                content=f"⚠️ Comparison #{record.id} failed: it could not be resumed after a "
+                "restart; the error has been logged."
+            )
 
     async def _resume(self, record: JobRecord, cells: list[JobRecord]) -> int:
         comparison = comparison_of(record)
@@ -580,9 +614,13 @@ class CompareMixin:
         again: list[tuple[Cell, DrawRequest]] = []
         for cell, row in zip(planned, cells, strict=True):
             if row.status == "done":
-                if row.images:
+                try:
+                    if not row.images:
+                        raise FileNotFoundError("no image")
                     run.images[cell.index] = await asyncio.to_thread(_load_image, row.images[0][0])
-                else:
+                except OSError:
+                    if not row.withheld:
+                        log.warning("cell %s of comparison %s: its picture is gone", row.id, run.id)
                     run.missing[cell.index] = "withheld" if row.withheld else "failed"
             elif row.finished:
                 run.missing[cell.index] = "cancelled" if row.status == "cancelled" else "failed"
@@ -620,8 +658,10 @@ class CompareMixin:
                     run.missing[i] = cell.status
             data = await asyncio.to_thread(record.images[0][0].read_bytes)
             await self.post_comparison(run, data)
-        except Exception:
+        except Exception as exc:
             log.exception("re-posting comparison %s after a restart failed", record.id)
+            with contextlib.suppress(Exception):  # once: the next restart must not try again
+                await self.store.mark_undeliverable(record.id, f"re-posting failed: {exc!r}")
 
 
 def comparison_of(record: JobRecord) -> Comparison:

@@ -297,6 +297,8 @@ class JobRunner(CompareMixin):
         if requeued:
             log.info("re-queued %d unfinished job(s) after a restart", requeued)
         for record in await self.store.undelivered_jobs():
+            if record.id in handled:
+                continue  # a comparison resumed above posts its grid itself
             # Drawn and stored, but the process died before posting: post from disk.
             if record.kind == "compare":
                 self._start_background(self.repost_comparison(record))

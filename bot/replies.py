@@ -12,8 +12,11 @@ log = logging.getLogger(__name__)
 async def answer_privately(interaction: discord.Interaction, message: str) -> None:
     """Answer ``interaction`` with an ephemeral ``message``, whatever state it is in.
 
-    A public "thinking…" placeholder is replaced rather than left spinning.
+    A public "thinking…" placeholder is replaced rather than left spinning. A message over
+    Discord's 2000 characters is cut rather than refused.
     """
+    if len(message) > 2000:
+        message = message[:1999] + "…"
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(message, ephemeral=True)

@@ -68,8 +68,13 @@ def _how_to_write(option: str) -> str:
     )
 
 
+def _echo(text: str, limit: int = 80) -> str:
+    """User text quoted back in a refusal, cut short: Discord refuses messages over 2000."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _refuse(option: str, item: str, problem: str) -> BadCompareValue:
-    return BadCompareValue(f'{option}: "{item}" {problem} {_how_to_write(option)}')
+    return BadCompareValue(f'{option}: "{_echo(item)}" {problem} {_how_to_write(option)}')
 
 
 def _fmt(value: float) -> str:
@@ -189,7 +194,7 @@ def parse_samplers(text: str, available: Sequence[str]) -> list[str]:
         sid = _SAMPLER_KEYS.get(_sampler_key(name))
         if sid is None:
             raise BadCompareValue(
-                f'sampler: "{name}" is not a sampler. This model can use: {names}.'
+                f'sampler: "{_echo(name)}" is not a sampler. This model can use: {names}.'
             )
         if sid not in available:
             raise BadCompareValue(
@@ -213,7 +218,7 @@ def parse_replace(text: str, prompt: str) -> list[str]:
         rows = list(csv.reader(io.StringIO(text or ""), skipinitialspace=True))
     except csv.Error as exc:
         raise BadCompareValue(
-            f'replace: "{text}" can\'t be read as a comma list ({exc}). '
+            f'replace: "{_echo(text)}" can\'t be read as a comma list ({exc}). '
             'Write the words to replace first, then their replacements: "painting, photo".'
         ) from None
     items = [item.strip() for row in rows for item in row]
@@ -225,14 +230,14 @@ def parse_replace(text: str, prompt: str) -> list[str]:
     first = items[0]
     if first not in prompt:
         raise BadCompareValue(
-            f'replace: the first item, "{first}", must appear in the prompt; each cell puts '
+            f'replace: the first item, "{_echo(first)}", must appear in the prompt; each cell puts '
             "one of the items in its place. Start the list with words copied from the prompt "
             "(capitals count)."
         )
     seen: set[str] = set()
     for item in items:
         if item in seen:
-            shown = f'"{item}"' if item else "an empty item"
+            shown = f'"{_echo(item)}"' if item else "an empty item"
             raise BadCompareValue(f"replace lists {shown} twice; give each item once.")
         seen.add(item)
     return items

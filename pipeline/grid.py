@@ -1,7 +1,8 @@
 """Draw a comparison grid: the cells, scaled up pixel-exact, with labels people can read.
 
-The labels use a bundled font (a subset of Noto Sans CJK SC, OFL: ``fonts/OFL.txt``), so Latin,
-kana and Chinese prompts render the same on every machine, whatever fonts the system has.
+The labels use a bundled font (a subset of Noto Sans CJK SC, OFL: ``fonts/OFL.txt``: Latin,
+Greek, Cyrillic, the hanzi of GB 2312 and Big5, the kanji and kana of JIS X 0208, the hangul of
+KS X 1001), so labels render the same on every machine, whatever fonts the system has.
 """
 
 from __future__ import annotations
@@ -49,9 +50,23 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_PATH), size, layout_engine=ImageFont.Layout.BASIC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(char: str) -> bool:
+    # The subset's missing glyphs draw nothing at all: a label would lose letters silently.
+    with _FONT_LOCK:
+        return char.isspace() or font(32).getmask(char).getbbox() is not None
+
+
+def visible(text: str) -> str:
+    """``text`` with every character the bundled font lacks (rare hanzi, emoji) shown as □."""
+    return "".join(c if _has_glyph(c) else "□" for c in text)
+
+
 def wrap(text: str, face: ImageFont.FreeTypeFont, width: int, max_lines: int) -> tuple[str, ...]:
     """``text`` in lines no wider than ``width``: at spaces where it can, anywhere in a word (or
-    in Chinese, which has no spaces) where it must; past ``max_lines`` the last line ends in …."""
+    in Chinese, which has no spaces) where it must; past ``max_lines`` the last line ends in ….
+    Characters the font lacks show as □ rather than vanish."""
+    text = visible(text)
     words = _SPACES.split(text.strip()) if text.strip() else [""]
     lines: list[str] = []
     line = ""

@@ -69,9 +69,12 @@ async def test_a_2x2_grid_holds_exactly_the_drawings_draw_makes(world):
     assert not msg.ephemeral
     f = fields(msg)
     assert f["Columns (X)"] == "Steps: 3, 6" and f["Rows (Y)"] == "Guidance: 2, 6"
-    assert f["Seed"] == "7" and f["Model"] == "tiny:sd" and f["Size"] == "64x64"
-    assert "Steps" not in f and "Guidance" not in f  # they vary: not fixed settings
-    assert msg.embeds[0].footer.text.startswith("Job #1 · comparison of 4 cells (jobs #2-#5)")
+    assert f["Seed"] == "7" and f["Model"] == "tiny:sd"
+    footer = msg.embeds[0].footer.text
+    assert footer.startswith("Job #1 · comparison of 4 cells (jobs #2-#5)")
+    # The settings all cells share are in the footer; the ones that vary are not.
+    assert "every cell: Sampler PNDM, Size 64x64" in footer
+    assert "Steps" not in footer and "Guidance" not in footer
     (attachment,) = msg.attachments  # one grid, not four pictures
     data = await attachment.read()
     text = read_parameters(data) or ""
@@ -336,3 +339,48 @@ async def test_sampler_autocomplete_completes_the_last_item(world):
     names = [c["name"] for c in choices]
     assert names and all(n.startswith("ddim, Euler") for n in names)
     assert all(c["value"].startswith("ddim, euler") for c in choices)
+
+
+async def test_long_wordings_full_of_markdown_still_post(world):
+    items = [f'"dog_with_long_hair_{i:02d}_{"_" * 40}"' for i in range(15)]
+    r = await world.alice.slash(
+        world.channel, "compare", prompt="a cat", replace=", ".join(["cat", *items]), steps="1"
+    )
+    await world.idle()
+    assert r.response.attachments, r.response.content  # 16 cells, one grid
+    assert all(len(f.value) <= 1024 for f in r.response.embeds[0].fields)
+
+
+async def test_a_grid_that_cannot_be_made_ends_the_comparison(world, monkeypatch):
+    # Stand-in for a fault CI can't cause on demand (memory or disk running out while rendering).
+    import bot.comparisons
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the grid")
+
+    monkeypatch.setattr(bot.comparisons, "render_grid", broken)
+    r = await world.alice.slash(world.channel, "compare", prompt="a fox", steps="1, 2")
+    await world.idle()
+    assert r.response.content.startswith("⚠️ Comparison #1 failed: its grid could not be made")
+    assert (await world.bot.store.get_job(1)).status == "failed"
+    assert await world.bot.store.unfinished_jobs() == []  # a restart does not try again
+
+
+async def test_a_cell_picture_lost_before_a_restart_is_marked_not_fatal(world, make_bot):
+    env, old = world.env, world.bot
+    pause_after_first_batch(old.executor)
+    await world.alice.slash(world.channel, "compare", prompt="a fox", steps="2, 3", guidance="2, 6")
+
+    async def first_cell_done() -> bool:
+        return (await old.store.get_job(2)).status == "done"
+
+    await until(world, first_cell_done)
+    lost = (await old.store.get_job(2)).images[0][0]
+    await shut_down(old)
+    lost.unlink()  # someone cleaned the images folder while the bot was down
+    new = make_bot()
+    await env.restart_bot(new)
+    await world.idle()
+    (grid,) = [m for m in world.channel.history() if m.attachments]
+    assert "1 cell of 4 not drawn" in str(fields(grid))
+    assert [c.status for c in await new.store.comparison_cells(1)] == ["done"] * 4

@@ -509,9 +509,10 @@ def test_cjk_and_latin_labels_render_with_the_bundled_font():
     chinese, boxes = label(1), label(2)
     assert (chinese < 128).sum() > 100
     assert not np.array_equal(chinese, boxes)  # real glyphs, not boxes
-    # A character the font lacks draws nothing at all, so dark pixels are real glyphs.
-    assert ink("한국어") == 0
-    assert ink("松鼠") > 50 and ink("Steps") > 50
+    # A character the font lacks draws nothing at all (labels show it as □, see below), so
+    # dark pixels are real glyphs.
+    assert ink("😀") == 0
+    assert ink("松鼠") > 50 and ink("Steps") > 50 and ink("한국어") > 50
 
 
 def ink(text: str) -> int:
@@ -519,3 +520,12 @@ def ink(text: str) -> int:
     canvas = Image.new("RGB", (200, 40), "white")
     ImageDraw.Draw(canvas).text((4, 4), text, font=font(20), fill="black")
     return dark(canvas)
+
+
+def test_the_label_font_covers_korean_and_japanese_and_marks_what_it_lacks() -> None:
+    from pipeline.grid import visible
+
+    # Hangul of KS X 1001 and kanji of JIS X 0208 (絵 is not in GB 2312) are in the subset.
+    assert visible("絵画 한국어 café Ωμεγα") == "絵画 한국어 café Ωμεγα"
+    # What it lacks (emoji, rare hangul) shows as a box instead of vanishing from the label.
+    assert visible("a 😀 뷁") == "a □ □"
