@@ -23,6 +23,7 @@ from bot.views import (
     CellMenu,
     DeleteButton,
     RerollButton,
+    UpscaleButton,
     VaryButton,
     VaryStrengthButton,
 )
@@ -87,6 +88,7 @@ class EaselBot(commands.Bot):
     async def setup_hook(self) -> None:
         from pipeline.engine import Engine
         from pipeline.executor import Executor
+        from pipeline.upscale import Upscaler
 
         s = self.settings
         await self.store.open()
@@ -99,6 +101,13 @@ class EaselBot(commands.Bot):
         self.engine = await asyncio.to_thread(
             Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
         )
+        if s.upscaler.strip().lower() != "none":
+            self.engine.upscaler = Upscaler(
+                s.upscaler,
+                device=self.engine.device,
+                steps=s.upscale_steps,
+                cache_dir=s.model_cache_dir,
+            )
         self.executor = Executor(
             self.engine,
             max_per_user=s.max_queued_per_user,
@@ -118,7 +127,9 @@ class EaselBot(commands.Bot):
         )
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(RerollButton, DeleteButton, CellMenu, VaryButton, VaryStrengthButton)
+        self.add_dynamic_items(
+            RerollButton, DeleteButton, CellMenu, VaryButton, VaryStrengthButton, UpscaleButton
+        )
         await self.jobs.recover()
         await self.sync_commands(force=False)
 

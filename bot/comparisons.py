@@ -30,7 +30,7 @@ from pipeline.compare import Cell, Comparison
 from pipeline.errors import EaselError, PromptRefused, QueueFull
 from pipeline.executor import JobOutcome
 from pipeline.grid import render_grid
-from pipeline.pngmeta import format_parameters, png_bytes
+from pipeline.pngmeta import png_bytes
 from pipeline.request import DrawRequest, DrawResult, guidance_label, random_seed
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class CompareMixin:
         def _log_outcome(self, job: Job, outcome: JobOutcome) -> None: ...
         def _is_withdrawn(self, job: Job) -> bool: ...
         async def _shows_flagged(self, job: Job) -> bool: ...
+        def parameters(self, request: DrawRequest, seed: int) -> str: ...
         async def _gave_up(self, job: Job, reason: str) -> None: ...
         def _start_background(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -317,10 +318,7 @@ class CompareMixin:
                 job.id, images=[], request=result.request, duration_s=result.duration_s, withheld=1
             )
             return
-        caps = self.engine.capabilities
-        text = format_parameters(
-            result.request, seed, eta=caps.eta, pipeline_class=caps.pipeline_class
-        )
+        text = self.parameters(result.request, seed)
         data = await asyncio.to_thread(png_bytes, image, text)
         path = await self.store.save_image(data)
         try:

@@ -252,6 +252,29 @@ class JobRunner(CompareMixin):
         )
         return await self.start(interaction, request, parent_job_id=job_id, kind="vary")
 
+    async def upscale(
+        self, interaction: discord.Interaction, job_id: int, index: int
+    ) -> int | None:
+        """Picture ``index`` of a past job made 4x larger by the upscaler, through the same
+        queue, caps and fairness as a drawing. Who may: as for a reroll."""
+        record = await self.store.get_job(job_id)
+        if record is None or not await self._may_reroll(interaction, record):
+            await answer_privately(
+                interaction, f"There is no job #{job_id} here that you can upscale."
+            )
+            return None
+        if self.engine.upscaler is None:
+            await answer_privately(interaction, "This bot has no upscaler set up.")
+            return None
+        if record.kind in ("compare", "upscale") or not 0 <= index < len(record.images):
+            await answer_privately(
+                interaction, f"Job #{job_id} has no picture {index + 1} to upscale."
+            )
+            return None
+        path, seed = record.images[index]
+        request = replace(record.request, seed=seed, count=1, task="upscale", init_image=str(path))
+        return await self.start(interaction, request, parent_job_id=job_id, kind="upscale")
+
     async def _may_reroll(self, interaction: discord.Interaction, record: JobRecord) -> bool:
         if record.user_id == interaction.user.id:
             return True
@@ -442,8 +465,6 @@ class JobRunner(CompareMixin):
             log.info("job %s finished while its requester's data was being removed", job.id)
             return
         request = result.request
-        eta = self.engine.capabilities.eta
-        kind = self.engine.capabilities.pipeline_class
         flags = result.nsfw or (False,) * len(result.images)
         pairs = list(zip(result.images, result.seeds, strict=True))
         flagged = sum(map(bool, flags))
@@ -455,10 +476,7 @@ class JobRunner(CompareMixin):
                 pairs = [pair for pair, bad in zip(pairs, flags, strict=True) if not bad]
         withheld = flagged - shown_flagged
         pngs = await asyncio.to_thread(
-            lambda: [
-                png_bytes(image, format_parameters(request, seed, eta=eta, pipeline_class=kind))
-                for image, seed in pairs
-            ]
+            lambda: [png_bytes(image, self.parameters(request, seed)) for image, seed in pairs]
         )
         seeds = [seed for _, seed in pairs]
         paths = [await self.store.save_image(data) for data in pngs]
@@ -483,6 +501,22 @@ class JobRunner(CompareMixin):
                 "this server allows that in age-restricted channels.",
             )
         await self.post(job, pngs, request, notes, withheld=withheld)
+
+    def parameters(self, request: DrawRequest, seed: int) -> str:
+        """The PNG's ``parameters`` for one picture: its settings, and an upscale's upscaler in
+        A1111's hires-fix keys."""
+        caps = self.engine.capabilities
+        extra: tuple[tuple[str, str], ...] = ()
+        upscaler = self.engine.upscaler
+        if request.task == "upscale" and upscaler is not None:
+            extra = (
+                ("Hires upscale", str(upscaler.factor)),
+                ("Hires steps", str(upscaler.steps)),
+                ("Hires upscaler", upscaler.model),
+            )
+        return format_parameters(
+            request, seed, eta=caps.eta, pipeline_class=caps.pipeline_class, extra=extra
+        )
 
     async def _shows_flagged(self, job: Job) -> bool:
         """Whether flagged images may be posted: the server allows it and the channel (or a
@@ -555,13 +589,14 @@ class JobRunner(CompareMixin):
             notes=notes,
             parent_job_id=job.parent_job_id,
             kind=job.kind,
+            upscaled=self._upscaled(request),
         )
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
         if self._is_withdrawn(job):
             return None
         message = await delivery.final(
-            embed=embed, uploads=uploads, view=result_view(job.id, images=len(uploads))
+            embed=embed, uploads=uploads, view=self._result_view(job, len(uploads))
         )
         if message is None:
             await self._gave_up(job, delivery.failure or "nowhere to post it")
@@ -578,6 +613,17 @@ class JobRunner(CompareMixin):
         except Exception:
             log.exception("could not record where job %s was posted", job.id)
         return message
+
+    def _upscaled(self, request: DrawRequest) -> tuple[int, str] | None:
+        upscaler = self.engine.upscaler
+        if request.task != "upscale" or upscaler is None:
+            return None
+        return upscaler.factor, upscaler.model
+
+    def _result_view(self, job: Job, images: int) -> discord.ui.View:
+        # An upscale is the end of the line: no V or U under it.
+        shown = images if job.kind != "upscale" else 0
+        return result_view(job.id, images=shown, upscale=self.engine.upscaler is not None)
 
     async def _gave_up(self, job: Job, reason: str) -> None:
         log.warning("job %s: result not posted: %s", job.id, reason)

@@ -60,7 +60,12 @@ class Policy:
         )
 
     def check(self, request: DrawRequest) -> None:
-        """Raise ``OverServerLimit`` saying what to change if a resolved request is over a limit."""
+        """Raise ``OverServerLimit`` saying what to change if a resolved request is over a limit.
+
+        An upscale redraws a picture that passed these checks when it was drawn; what it costs
+        is the operator's choice (UPSCALER, UPSCALE_STEPS), not a member's."""
+        if request.task != "draw":
+            return
         if request.steps > self.max_steps:
             raise OverServerLimit(
                 f"This server allows at most {self.max_steps} steps; "

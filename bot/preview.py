@@ -34,6 +34,7 @@ DEFAULT_PORT = 8765
 # What the bot is called on the page (SimCord names its bot user "TestBot").
 BOT_NAME = "Easel"
 PREVIEW_MODEL = "tiny:shapes"
+PREVIEW_UPSCALER = "tiny:shapes-x4"
 PREVIEW_DB_PATH = Path("data/preview.sqlite3")
 PREVIEW_DATA_DIR = Path("data/preview")
 # Seconds between checks whether the bot acted on its own (a drawing finished on the GPU thread)
@@ -67,6 +68,8 @@ def preview_settings(settings: Settings, environ: Mapping[str, str]) -> Settings
     }
     if not given("MODEL"):
         changes["model"] = PREVIEW_MODEL
+        if not given("UPSCALER"):  # the trained 64 -> 256 px companion of tiny:shapes
+            changes["upscaler"] = PREVIEW_UPSCALER
     if not given("DB_PATH"):
         changes["db_path"] = PREVIEW_DB_PATH
     if not given("DATA_DIR"):

@@ -61,6 +61,10 @@ class Jobs(Protocol):
         self, interaction: discord.Interaction, job_id: int, index: int, strength: float
     ) -> int | None: ...
 
+    async def upscale(
+        self, interaction: discord.Interaction, job_id: int, index: int
+    ) -> int | None: ...
+
     async def compare(
         self, interaction: discord.Interaction, comparison: Comparison
     ) -> int | None: ...

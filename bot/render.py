@@ -38,6 +38,7 @@ def result_embed(
     parent_job_id: int | None = None,
     pipeline_class: str | None = None,
     kind: str = "draw",
+    upscaled: tuple[int, str] | None = None,
 ) -> discord.Embed:
     """The settings that made the picture, with the exact field names users look for.
 
@@ -57,7 +58,13 @@ def result_embed(
     if eta_applies and request.sampler in SAMPLERS and SAMPLERS[request.sampler].uses_eta:
         embed.add_field(name="Eta", value=f"{request.eta:g}")
     embed.add_field(name="Sampler", value=sampler_label(request.sampler))
-    embed.add_field(name="Size", value=f"{request.width}x{request.height}")
+    if upscaled is not None and request.width and request.height:
+        factor, upscaler = upscaled
+        size = f"{request.width * factor}x{request.height * factor}"
+        embed.add_field(name="Size", value=f"{size} ({factor}x {request.width}x{request.height})")
+        embed.add_field(name="Upscaler", value=shorten(upscaler, 200))
+    else:
+        embed.add_field(name="Size", value=f"{request.width}x{request.height}")
     embed.add_field(name="Model", value=shorten(str(request.model), 200))
     variations = request.variation_seeds()
     if variations is not None and request.variation_strength > 0:
@@ -69,6 +76,8 @@ def result_embed(
         credit = "Requested by"
     elif kind == "vary":
         credit = f"Variation of job #{parent_job_id} by"
+    elif kind == "upscale":
+        credit = f"Upscaled from job #{parent_job_id} by"
     else:
         credit = f"Rerolled from job #{parent_job_id} by"
     embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine import DEFAULT_MODEL
+from pipeline.upscale import DEFAULT_UPSCALE_STEPS, DEFAULT_UPSCALER
 
 
 class SettingsError(ValueError):
@@ -21,6 +22,10 @@ class Settings:
 
     discord_token: str | None = field(default=None, repr=False)
     model: str = DEFAULT_MODEL
+    # The model behind the U buttons (hub id, folder, tiny:shapes-x4, tiny:upscaler), loaded on
+    # the first upscale; "none" turns upscaling off.
+    upscaler: str = DEFAULT_UPSCALER
+    upscale_steps: int = DEFAULT_UPSCALE_STEPS
     db_path: Path = Path("data/easel.sqlite3")
     data_dir: Path = Path("data")
     device: str = "auto"

@@ -140,13 +140,44 @@ class VaryStrengthButton(
         )
 
 
-def result_view(job_id: int, *, images: int = 0) -> discord.ui.View:
-    """Reroll and Delete; V1..Vn (one per posted picture) on the next row."""
+class UpscaleButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:upscale:(?P<job>\d+):(?P<i>\d)",
+):
+    """``U1``..``Un``: that picture made 4x larger by the upscaler (queued like a drawing)."""
+
+    def __init__(self, job_id: int, index: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"U{index + 1}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"easel:upscale:{job_id}:{index}",
+                row=2,
+            )
+        )
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> UpscaleButton:
+        return cls(int(match["job"]), int(match["i"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: Easel = interaction.client  # type: ignore[assignment]
+        await bot.guarded(interaction, bot.jobs.upscale(interaction, self.job_id, self.index))
+
+
+def result_view(job_id: int, *, images: int = 0, upscale: bool = False) -> discord.ui.View:
+    """Reroll and Delete; V1..Vn (one per posted picture) on the next row, U1..Un (when an
+    upscaler is set up) on the row after."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
     for i in range(min(images, 5)):
         view.add_item(VaryButton(job_id, i))
+    for i in range(min(images, 5) if upscale else 0):
+        view.add_item(UpscaleButton(job_id, i))
     return view
 
 

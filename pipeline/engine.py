@@ -22,6 +22,7 @@ from pipeline.errors import ModelLoadError, UnsupportedOption
 from pipeline.request import MAX_SEED, DrawRequest, DrawResult, random_seed
 from pipeline.samplers import SAMPLERS, Sampler, sampler_for_scheduler, samplers_for_pipeline
 from pipeline.tiny import TINY_MODELS, tiny_model_path
+from pipeline.upscale import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Engine:
         self._counting_tokenizer = copy.deepcopy(pipe.tokenizer)
         pipe.set_progress_bar_config(disable=True)
         self.capabilities = self._inspect()
+        # The second pipeline for upscale jobs, loaded on its first job (None: none configured).
+        self.upscaler: Upscaler | None = None
 
     # -- loading -------------------------------------------------------------------------
 
@@ -168,6 +171,10 @@ class Engine:
     def resolve(self, request: DrawRequest) -> DrawRequest:
         """Fill every "model default" field in, so the request says exactly what will run."""
         caps = self.capabilities
+        if request.task == "upscale":
+            # The settings are the source picture's, resolved when it was drawn.
+            seed = random_seed() if request.seed is None else request.seed
+            return replace(request, seed=seed, model=request.model or self.model, count=1)
         return replace(
             request,
             sampler=request.sampler or caps.default_sampler,
@@ -188,6 +195,13 @@ class Engine:
         """
         caps = self.capabilities
         r = self.resolve(request)
+        if r.task == "upscale":
+            if self.upscaler is None:
+                raise UnsupportedOption("This bot has no upscaler set up (UPSCALER).")
+            self.upscaler.check(r)
+            return []
+        if r.task != "draw":
+            raise UnsupportedOption(f"Easel can't run a {r.task!r} job.")
         if not r.prompt.strip():
             raise UnsupportedOption("The prompt is empty: describe what you'd like drawn.")
         if request.model not in (None, self.model):
@@ -301,6 +315,9 @@ class Engine:
         notes = [tuple(self.validate(r)) for r in requests]
         resolved = [self.resolve(r) for r in requests]
         first = resolved[0]
+        if first.task == "upscale":
+            assert self.upscaler is not None  # validate() said so
+            return [self.upscaler.run(r, _StepReporter.factory(on_step)) for r in resolved]
         for r in resolved[1:]:
             if batch_key(r) != batch_key(first):
                 raise ValueError("requests in one batch must share model, sampler, steps and size")
@@ -484,6 +501,8 @@ def _is_shapes_folder(path: str | os.PathLike[str]) -> bool:
 
 def batch_key(r: DrawRequest) -> tuple[Any, ...]:
     """Requests with equal keys can share one pipeline call."""
+    if r.task != "draw":
+        return (r.task, r.init_image, r.seed)  # one picture per call
     return (
         r.model,
         r.sampler,

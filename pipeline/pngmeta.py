@@ -35,12 +35,13 @@ def format_parameters(
     *,
     eta: bool = True,
     pipeline_class: str | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """The ``parameters`` text for one image of ``request`` (``seed`` defaults to its first).
 
     ``CFG scale`` keeps the number asked for, so the text redraws the same picture; where that
     scale runs no classifier-free guidance on ``pipeline_class`` (see ``guidance_is_off``), a
-    ``Guidance: off`` pair follows it.
+    ``Guidance: off`` pair follows it. ``extra`` pairs go last (an upscale's ``Hires ...``).
     """
     r = request
     sampler = sampler_label(r.sampler)
@@ -63,6 +64,7 @@ def format_parameters(
         offset = 0 if seed is None or r.seed is None else (seed - r.seed) % (MAX_SEED + 1)
         pairs.append(("Variation seed", str((r.variation_seed + offset) % (MAX_SEED + 1))))
         pairs.append(("Variation seed strength", f"{r.variation_strength:g}"))
+    pairs += [(key, _quote(value)) for key, value in extra]
     lines = [r.prompt]
     if r.negative_prompt:
         lines.append(f"{_NEGATIVE} {r.negative_prompt}")

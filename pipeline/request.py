@@ -65,6 +65,10 @@ class DrawRequest:
     # picture of the seed alone, 1: the picture of the variation seed).
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    # "draw" (text to image) or "upscale": ``init_image`` (a stored PNG drawn with the settings
+    # above) made larger by the engine's upscaler, with ``seed`` for the upscaler's noise.
+    task: str = "draw"
+    init_image: str | None = None
 
     def seeds(self) -> list[int]:
         """The seed of each image: ``seed``, ``seed + 1``, ..."""

@@ -36,7 +36,12 @@ async def test_draw_posts_the_image_with_its_settings(world):
     assert Image.open(io.BytesIO(data)).size == (64, 64)
     again = request_from_parameters(read_parameters(data) or "")
     assert again.seed == 7 and again.prompt == "a squirrel eating a banana"
-    assert button_ids(msg) == ["easel:reroll:1", "easel:delete:1", "easel:vary:1:0"]
+    assert button_ids(msg) == [
+        "easel:reroll:1",
+        "easel:delete:1",
+        "easel:vary:1:0",
+        "easel:upscale:1:0",
+    ]
     record = await world.bot.store.get_job(1)
     assert record.status == "done" and record.jump_url and record.message_id == msg.id
     assert record.images and record.images[0][0].is_file()

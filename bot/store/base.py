@@ -154,10 +154,13 @@ class StoreBase:
                 chunk,
             ):
                 images[image["job_id"]].append((self._from_db_path(image["path"]), image["seed"]))
-        return [
-            JobRecord(**{name: row[name] for name in _JOB_COLUMNS}, images=images[row["id"]])
-            for row in rows
-        ]
+        records = []
+        for row in rows:
+            values = {name: row[name] for name in _JOB_COLUMNS}
+            if values.get("init_image"):  # stored like image paths: relative to data_dir
+                values["init_image"] = str(self._from_db_path(values["init_image"]))
+            records.append(JobRecord(**values, images=images[row["id"]]))
+        return records
 
     # ------------------------------------------------------------------ meta
 

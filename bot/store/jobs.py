@@ -99,11 +99,16 @@ class JobsMixin(FilesMixin):
             ]
         return compare_id, cell_ids
 
-    @staticmethod
+    def _request_values(self, request: DrawRequest) -> dict[str, Any]:
+        values = {name: getattr(request, name) for name in REQUEST_COLUMNS}
+        if values["init_image"]:  # so the data folder can move, as with images
+            values["init_image"] = self._to_db_path(values["init_image"])
+        return values
+
     async def _insert_job(
-        db: aiosqlite.Connection, request: DrawRequest, columns: dict[str, Any]
+        self, db: aiosqlite.Connection, request: DrawRequest, columns: dict[str, Any]
     ) -> int:
-        values = {name: getattr(request, name) for name in REQUEST_COLUMNS} | columns
+        values = self._request_values(request) | columns
         cursor = await db.execute(
             f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             list(values.values()),
@@ -158,7 +163,7 @@ class JobsMixin(FilesMixin):
             raise ValueError("withheld must be >= 0")
         extra: dict[str, Any] = {"withheld": withheld}
         if request is not None:
-            extra |= {name: getattr(request, name) for name in REQUEST_COLUMNS}
+            extra |= self._request_values(request)
         if message_id is not None:
             extra["message_id"] = message_id
         if jump_url is not None:

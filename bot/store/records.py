@@ -28,6 +28,8 @@ REQUEST_COLUMNS: Final = (
     "model",
     "variation_seed",
     "variation_strength",
+    "task",
+    "init_image",
 )
 
 
@@ -70,6 +72,8 @@ class JobRecord:
     spec: str | None = None  # for a comparison: its axes (JSON, Comparison.to_dict)
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    task: str = "draw"
+    init_image: str | None = None  # absolute, as read back by the store
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property

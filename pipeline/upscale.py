@@ -1,0 +1,150 @@
+"""Upscaling with a diffusion model: the picture of a finished job, made 4x larger.
+
+The upscaler is a second pipeline, loaded on first use on the executor's thread and kept while
+the bot runs. Two families work, told apart by their class:
+
+- ``LDMSuperResolutionPipeline`` (``CompVis/ldm-super-resolution-4x-openimages``, the same LDM
+  family as the default model, and the offline ``tiny:shapes-x4`` / ``tiny:upscaler``): the
+  low-resolution picture is concatenated to the latents; no prompt.
+- ``StableDiffusionUpscalePipeline`` (``stabilityai/stable-diffusion-x4-upscaler``): guided by
+  the picture's prompt and negative prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelLoadError, UnsupportedOption
+from pipeline.request import DrawRequest, DrawResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPSCALER = "CompVis/ldm-super-resolution-4x-openimages"
+DEFAULT_UPSCALE_STEPS = 20
+# The largest picture an upscale may start from: 4x of it is the most Discord's preview and a
+# single GPU call handle sensibly.
+MAX_SOURCE_SIDE = 512
+_KINDS = {
+    "LDMSuperResolutionPipeline": "ldm",
+    "StableDiffusionUpscalePipeline": "sd",
+}
+
+
+class Upscaler:
+    """An upscaling pipeline by name, loaded when first needed."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_UPSCALER,
+        *,
+        device: str = "cpu",
+        steps: int = DEFAULT_UPSCALE_STEPS,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.steps = steps
+        self.cache_dir = cache_dir
+        self.factor = 4
+        self.pipe: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.pipe is not None
+
+    def load(self) -> Any:
+        """The pipeline, loading it the first time (on the executor's thread: it may take long)."""
+        with self._lock:
+            if self.pipe is None:
+                self.pipe = self._load()
+            return self.pipe
+
+    def _load(self) -> Any:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        from pipeline.engine import _from_hub, _resolve_source
+
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        source = _resolve_source(self.model, self.cache_dir)
+        log.info("loading upscaler %s from %s on %s", self.model, source, self.device)
+        try:
+            if Path(source).is_dir():
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+            else:
+                pipe = _from_hub(source, dtype)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load the upscaler {self.model!r}: {exc}") from exc
+        kind = _KINDS.get(type(pipe).__name__)
+        if kind is None:
+            raise ModelLoadError(
+                f"The upscaler {self.model!r} is a {type(pipe).__name__}; Easel upscales with "
+                "an LDMSuperResolutionPipeline or a StableDiffusionUpscalePipeline."
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
+
+    def check(self, request: DrawRequest) -> tuple[int, int]:
+        """Raise ``UnsupportedOption`` unless ``request``'s source picture can be upscaled;
+        returns its size."""
+        from PIL import Image
+
+        path = request.init_image
+        if not path or not Path(path).is_file():
+            raise UnsupportedOption(
+                "The picture to upscale is no longer stored (it was deleted), so it can't be "
+                "upscaled."
+            )
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except OSError as exc:
+            raise UnsupportedOption("The picture to upscale can't be read.") from exc
+        if max(size) > MAX_SOURCE_SIDE:
+            raise UnsupportedOption(
+                f"That picture is {size[0]}x{size[1]}; Easel upscales pictures up to "
+                f"{MAX_SOURCE_SIDE}x{MAX_SOURCE_SIDE}."
+            )
+        return size
+
+    def run(self, request: DrawRequest, reporter: Any) -> DrawResult:
+        """Upscale ``request.init_image`` with the request's seed; ``reporter`` is the engine's
+        progress-bar factory (it reports steps and stops the run when asked)."""
+        import torch
+        from PIL import Image
+
+        self.check(request)
+        pipe = self.load()
+        seed = request.seed or 0
+        with Image.open(request.init_image or "") as opened:
+            source = opened.convert("RGB")
+        generator = torch.Generator("cpu").manual_seed(seed)
+        kwargs: dict[str, Any] = {
+            "image": source,
+            "num_inference_steps": self.steps,
+            "generator": generator,
+            "output_type": "pil",
+        }
+        if _KINDS[type(pipe).__name__] == "sd":
+            kwargs |= {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
+        started = time.perf_counter()
+        pipe.progress_bar = reporter
+        try:
+            with torch.inference_mode():
+                image = pipe(**kwargs).images[0]
+        finally:
+            del pipe.progress_bar
+        return DrawResult(
+            request=request,
+            images=[image],
+            seeds=[seed],
+            duration_s=time.perf_counter() - started,
+            notes=(),
+        )
