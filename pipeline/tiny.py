@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.bpe import bytes_to_unicode
 
-TINY_MODELS = ("shapes", "sd", "ldm")
+TINY_MODELS = ("shapes", "sd", "ldm", "upscaler")
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
 _RECIPE_VERSION = 1
 _MAX_TOKENS = 77
@@ -183,4 +183,38 @@ def build_tiny_ldm():
     )
 
 
-_BUILDERS = {"sd": build_tiny_sd, "ldm": build_tiny_ldm}
+def build_tiny_upscaler():
+    """An LDMSuperResolutionPipeline (4x, like CompVis/ldm-super-resolution-4x-openimages) with
+    random weights: the low-resolution picture is concatenated to 3-channel latents at its own
+    size, and a VQ autoencoder with two downsamplings decodes them 4x larger."""
+    import torch
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    vqvae = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 16, 32),
+        layers_per_block=1,
+        latent_channels=3,
+        num_vq_embeddings=64,
+        norm_num_groups=8,
+        sample_size=256,
+    )
+    unet = UNet2DModel(
+        sample_size=64,
+        in_channels=6,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(beta_schedule="linear", clip_sample=False)
+    return LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=scheduler)
+
+
+_BUILDERS = {"sd": build_tiny_sd, "ldm": build_tiny_ldm, "upscaler": build_tiny_upscaler}

@@ -135,12 +135,14 @@ class Upscaler:
         if _KINDS[type(pipe).__name__] == "sd":
             kwargs |= {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
         started = time.perf_counter()
-        pipe.progress_bar = reporter
+        if reporter is not None:
+            pipe.progress_bar = reporter
         try:
             with torch.inference_mode():
                 image = pipe(**kwargs).images[0]
         finally:
-            del pipe.progress_bar
+            if reporter is not None:
+                del pipe.progress_bar  # back to the class's method
         return DrawResult(
             request=request,
             images=[image],
