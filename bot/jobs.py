@@ -475,8 +475,12 @@ class JobRunner(CompareMixin):
             else:
                 pairs = [pair for pair, bad in zip(pairs, flags, strict=True) if not bad]
         withheld = flagged - shown_flagged
+        source = job.parent_job_id
         pngs = await asyncio.to_thread(
-            lambda: [png_bytes(image, self.parameters(request, seed)) for image, seed in pairs]
+            lambda: [
+                png_bytes(image, self.parameters(request, seed, source_job_id=source))
+                for image, seed in pairs
+            ]
         )
         seeds = [seed for _, seed in pairs]
         paths = [await self.store.save_image(data) for data in pngs]
@@ -502,9 +506,11 @@ class JobRunner(CompareMixin):
             )
         await self.post(job, pngs, request, notes, withheld=withheld)
 
-    def parameters(self, request: DrawRequest, seed: int) -> str:
+    def parameters(
+        self, request: DrawRequest, seed: int, *, source_job_id: int | None = None
+    ) -> str:
         """The PNG's ``parameters`` for one picture: its settings, and an upscale's upscaler in
-        A1111's hires-fix keys."""
+        A1111's hires-fix keys with the job it upscaled."""
         caps = self.engine.capabilities
         extra: tuple[tuple[str, str], ...] = ()
         upscaler = self.engine.upscaler
@@ -514,6 +520,8 @@ class JobRunner(CompareMixin):
                 ("Hires steps", str(upscaler.steps)),
                 ("Hires upscaler", upscaler.model),
             )
+            if source_job_id is not None:
+                extra += (("Upscaled from", f"job #{source_job_id}"),)
         return format_parameters(
             request, seed, eta=caps.eta, pipeline_class=caps.pipeline_class, extra=extra
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.pngmeta import read_parameters, request_from_parameters
@@ -129,3 +131,92 @@ async def test_vary_buttons_work_after_a_restart_and_a_queued_variation_survives
     posted = [m for m in world.channel.history() if m.embeds]
     restored = next(m for m in posted if m.embeds[0].footer.text == "Job #2")
     assert fields(restored)["\u200b"] == f"Variation of job #1 by <@{world.bob.id}>"
+
+
+# -- Upscale ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bot_settings(bot_settings):
+    # tiny:upscaler: a random-weight LDMSuperResolutionPipeline built offline (no hub here).
+    return replace(bot_settings, upscaler="tiny:upscaler", upscale_steps=3)
+
+
+async def test_u2_upscales_the_picture_clicked_4x_and_its_png_names_the_source(world):
+    r = await world.bob.slash(world.channel, "draw", prompt="a fox", seed=40, count=2)
+    await world.idle()
+    post = r.response
+    ids = [c["custom_id"] for row in post.components for c in row["components"]]
+    assert ids[-2:] == ["easel:upscale:1:0", "easel:upscale:1:1"]
+
+    res = await world.alice.click(post, label="U2")
+    await world.idle()
+    card = res.response
+    assert not card.ephemeral
+    f = fields(card)
+    assert f["\u200b"] == f"Upscaled from job #1 by <@{world.alice.id}>"
+    assert f["Size"] == "256x256 (4x 64x64)" and f["Upscaler"] == "tiny:upscaler"
+    assert f["Seed"] == "41"
+    data = await card.attachments[0].read()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (256, 256)
+    text = read_parameters(data) or ""
+    assert "Seed: 41, Size: 64x64" in text
+    assert (
+        "Hires upscale: 4, Hires steps: 3, Hires upscaler: tiny:upscaler, Upscaled from: job #1"
+        in text
+    )
+    job = await world.bot.store.get_job(2)
+    source = await world.bot.store.get_job(1)
+    assert job.kind == "upscale" and job.task == "upscale" and job.parent_job_id == 1
+    assert job.init_image == str(source.images[1][0])
+    # The end of the line: no V or U under an upscale.
+    assert [c["label"] for row in card.components for c in row["components"]] == [
+        "Reroll",
+        "Delete",
+    ]
+    h = await world.mod.slash(world.channel, "mod history")
+    assert "upscaled from #1" in h.response.embeds[0].description
+
+    again = await world.bob.click(post, label="U2")  # same picture, same seed: same pixels
+    await world.idle()
+    assert np.array_equal(
+        await pixels(again.response.attachments[0]), await pixels(card.attachments[0])
+    )
+
+
+async def test_an_upscale_queued_at_a_restart_is_drawn_after_it(world, make_bot):
+    env, old = world.env, world.bot
+    r = await world.alice.slash(world.channel, "draw", prompt="an owl", seed=3)
+    await world.idle()
+    old.executor.pause()
+    await world.bob.click(r.response, label="U1")
+    assert (await old.store.get_job(2)).status == "queued"
+    await shut_down(old)
+    new = make_bot()
+    await env.restart_bot(new)
+    await world.idle()
+    job = await new.store.get_job(2)
+    assert job.status == "done" and job.kind == "upscale"
+    with Image.open(job.images[0][0]) as image:
+        assert image.size == (256, 256)
+    res = await world.alice.click(r.response, label="U1")  # the button after the restart
+    await world.idle()
+    assert fields(res.response)["Size"] == "256x256 (4x 64x64)"
+
+
+async def test_upscale_obeys_the_queue_cap_and_a_deleted_source_is_refused(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a cow", seed=1)
+    await world.idle()
+    post = r.response
+    world.bot.executor.pause()
+    for prompt in ("a hen", "a pig", "a cat"):
+        await world.bob.slash(world.channel, "draw", prompt=prompt)
+    full = await world.bob.click(post, label="U1")
+    assert full.ephemeral and "limit is 3" in full.response.content
+    world.bot.executor.resume()
+    await world.idle()
+    source = await world.bot.store.get_job(1)
+    source.images[0][0].unlink()  # the stored picture is gone (someone cleaned the folder)
+    gone = await world.alice.click(post, label="U1")
+    assert gone.ephemeral and "no longer stored" in gone.response.content
