@@ -52,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("--count", type=int, help="images, 1-4; image i uses seed+i (default 1)")
     draw.add_argument("--negative", help="negative prompt (models that support one)")
     draw.add_argument(
+        "--variation-seed",
+        type=int,
+        help="mix this seed's starting noise in (A1111's variation seed; image i uses it + i)",
+    )
+    draw.add_argument(
+        "--variation-strength",
+        type=float,
+        help="how far towards the variation seed, 0-1 (0.25 subtle, 0.6 strong; default 0)",
+    )
+    draw.add_argument(
         "--from",
         dest="from_png",
         type=Path,
@@ -161,6 +171,8 @@ def _request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DrawR
         "width": args.width,
         "height": args.height,
         "count": args.count,
+        "variation_seed": args.variation_seed,
+        "variation_strength": args.variation_strength,
     }
     request = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     # A PNG names the model it came from; --model (or that name) decides what loads.

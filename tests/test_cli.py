@@ -112,3 +112,18 @@ def test_help_lists_every_option(capsys):
     for option in ("--model", "--steps", "--guidance", "--eta", "--sampler", "--seed",
                    "--width", "--height", "--count", "--negative", "--output"):  # fmt: skip
         assert option in out
+
+
+def test_a_variation_redraws_from_its_png_and_strength_zero_is_the_original(tmp_path: Path):
+    base = ["--model", "tiny:sd", "--steps", "3", "--seed", "5"]
+    plain, varied, again, zero = (tmp_path / n for n in ("p.png", "v.png", "a.png", "z.png"))
+    assert main(["draw", "a cat", *base, "-o", str(plain)]) == 0
+    assert main(["draw", "a cat", *base, "--variation-seed", "9", "--variation-strength", "0.6",
+                 "-o", str(varied)]) == 0  # fmt: skip
+    assert "Variation seed: 9, Variation seed strength: 0.6" in (read_parameters(varied) or "")
+    assert main(["draw", "--from", str(varied), "--model", "tiny:sd", "-o", str(again)]) == 0
+    assert again.read_bytes() == varied.read_bytes()
+    assert main(["draw", "a cat", *base, "--variation-seed", "9", "--variation-strength", "0",
+                 "-o", str(zero)]) == 0  # fmt: skip
+    assert zero.read_bytes() == plain.read_bytes()
+    assert varied.read_bytes() != plain.read_bytes()
