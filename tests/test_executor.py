@@ -307,7 +307,9 @@ async def test_someone_arriving_while_a_user_draws_goes_before_that_users_next_j
             arrived.wait(10)
 
     ex.on_start = on_start
+    ex.pause()  # all three of Alice's jobs wait before the first one starts
     alice = [rec.submit(ex, req(seed=i), user=1) for i in range(3)]
+    ex.resume()
     while not bob:
         await asyncio.sleep(0.01)
     await ex.wait_idle()
