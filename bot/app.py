@@ -86,7 +86,7 @@ class EaselBot(commands.Bot):
     # -- start and stop ------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        from pipeline.engine import Engine
+        from pipeline.engine import Engine, load_pipeline
         from pipeline.executor import Executor
         from pipeline.upscale import Upscaler
 
@@ -107,6 +107,7 @@ class EaselBot(commands.Bot):
                 device=self.engine.device,
                 steps=s.upscale_steps,
                 cache_dir=s.model_cache_dir,
+                loader=load_pipeline,
             )
         self.executor = Executor(
             self.engine,

@@ -59,6 +59,8 @@ class Capabilities:
     max_count: int = MAX_COUNT
     # Prompts this model draws well, best first: the shapes model's are in its own words.
     example_prompts: tuple[str, ...] = DEFAULT_EXAMPLE_PROMPTS
+    # Whether the model has an image-to-image form (Remix, /draw image:); LDM has none.
+    image_input: bool = False
 
     def side_problem(self, name: str, side: int) -> str | None:
         """Why ``side`` pixels can't be a width or height (``name`` opens the message), or None."""
@@ -94,6 +96,8 @@ class Engine:
         self.capabilities = self._inspect()
         # The second pipeline for upscale jobs, loaded on its first job (None: none configured).
         self.upscaler: Upscaler | None = None
+        # The image-to-image form of ``pipe``, made on first use; it shares pipe's weights.
+        self._img2img: Any = None
 
     # -- loading -------------------------------------------------------------------------
 
@@ -106,24 +110,10 @@ class Engine:
         can fail raises ``ModelLoadError`` with a message saying what to do.
         """
         import torch
-        from diffusers import DiffusionPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        source = _resolve_source(model, cache_dir)
-        log.info("loading model %s from %s on %s (%s)", model, source, device, dtype)
-        try:
-            if Path(source).is_dir():
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
-            elif Path(source).is_file():
-                pipe = _from_single_file(Path(source), dtype)
-            else:
-                pipe = _from_hub(source, dtype)
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"Could not load model {model!r}: {exc}") from exc
+        pipe = load_pipeline(model, device=device, cache_dir=cache_dir)
         if not hasattr(pipe, "unet") or not hasattr(pipe, "tokenizer"):
             raise ModelLoadError(
                 f"{model!r} is a {type(pipe).__name__}, not a text-to-image pipeline with a UNet."
@@ -160,6 +150,7 @@ class Engine:
             default_sampler=default.id,
             max_prompt_tokens=int(self._counting_tokenizer.model_max_length),
             example_prompts=example_prompts(self.model, getattr(pipe, "name_or_path", None)),
+            image_input=_has_image_to_image(pipe),
         )
 
     def prompt_tokens(self, text: str) -> int:
@@ -175,6 +166,10 @@ class Engine:
             # The settings are the source picture's, resolved when it was drawn.
             seed = random_seed() if request.seed is None else request.seed
             return replace(request, seed=seed, model=request.model or self.model, count=1)
+        if request.task == "img2img" and request.width is None and request.init_image:
+            size = _picture_size(request.init_image)
+            if size is not None:
+                request = replace(request, width=size[0], height=size[1])
         return replace(
             request,
             sampler=request.sampler or caps.default_sampler,
@@ -200,8 +195,12 @@ class Engine:
                 raise UnsupportedOption("This bot has no upscaler set up (UPSCALER).")
             self.upscaler.check(r)
             return []
-        if r.task != "draw":
-            raise UnsupportedOption(f"Easel can't run a {r.task!r} job.")
+        if r.task == "img2img":
+            self._check_image_input(r)
+        elif r.task != "draw" or r.strength is not None:
+            raise UnsupportedOption(
+                "A strength only applies when drawing from a picture: attach one with image."
+            )
         if not r.prompt.strip():
             raise UnsupportedOption("The prompt is empty: describe what you'd like drawn.")
         if request.model not in (None, self.model):
@@ -247,6 +246,34 @@ class Engine:
                 "pick sampler DDIM or leave eta at 0."
             )
         return [*self._size_notes(r.width or 0, r.height or 0), *self._prompt_notes(r)]
+
+    def _check_image_input(self, r: DrawRequest) -> None:
+        caps = self.capabilities
+        if not caps.image_input:
+            raise UnsupportedOption(
+                f"{self.model} ({caps.pipeline_class}) can't start from a picture. "
+                "The V buttons under a result make variations of it instead."
+            )
+        if r.strength is None or not 0 < r.strength <= 1:
+            raise UnsupportedOption("The strength must be above 0 and at most 1, like 0.6.")
+        if int(r.steps * r.strength) < 1:
+            raise UnsupportedOption(
+                f"{r.steps} steps at strength {r.strength:g} redraw nothing; raise the steps "
+                "or the strength."
+            )
+        if not r.init_image or not Path(r.init_image).is_file():
+            raise UnsupportedOption("The picture to start from is no longer stored.")
+        if r.variation_seed is not None:
+            raise UnsupportedOption("A variation seed can't be used with a starting picture.")
+
+    def _image_to_image(self) -> Any:
+        """The image-to-image pipeline over the loaded weights (no second copy in memory)."""
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
 
     def _check_size(self, width: int, height: int) -> None:
         for name, side in (("Width", width), ("Height", height)):
@@ -334,6 +361,7 @@ class Engine:
         scheduler = self._make_scheduler(sampler, seeds, generators)
 
         # 4. Run.
+        pipe = self.pipe
         kwargs: dict[str, Any] = {
             "prompt": prompts,
             "height": first.height,
@@ -342,6 +370,14 @@ class Engine:
             "generator": generators,
             "output_type": "pil",
         }
+        if first.task == "img2img":
+            from PIL import Image
+
+            pipe = self._image_to_image()
+            with Image.open(first.init_image or "") as opened:
+                picture = opened.convert("RGB")
+            kwargs |= {"image": [picture] * len(prompts), "strength": first.strength}
+            del kwargs["height"], kwargs["width"]  # the picture's own size
         if caps.guidance:
             kwargs["guidance_scale"] = first.guidance
         if caps.eta:
@@ -353,21 +389,21 @@ class Engine:
         if any(r.variation_seed is not None for r in resolved):
             kwargs["latents"] = self._initial_noise(resolved, generators)
         started = time.perf_counter()
-        self.pipe.scheduler = scheduler
-        self.pipe.progress_bar = _StepReporter.factory(on_step)
+        pipe.scheduler = scheduler
+        pipe.progress_bar = _StepReporter.factory(on_step)
         # The pipeline's own safety checker blacks out what it flags; the checker runs after
         # instead, so flagged pictures keep their pixels and the caller decides where they may go.
-        checker = getattr(self.pipe, "safety_checker", None)
+        checker = getattr(pipe, "safety_checker", None)
         if checker is not None:
-            self.pipe.safety_checker = None
+            pipe.safety_checker = None
         try:
             with torch.inference_mode():
-                out = self.pipe(**kwargs)
+                out = pipe(**kwargs)
         finally:
-            self.pipe.scheduler = self._base_scheduler
-            del self.pipe.progress_bar  # back to the class's method
+            pipe.scheduler = self._base_scheduler
+            del pipe.progress_bar  # back to the class's method
             if checker is not None:
-                self.pipe.safety_checker = checker
+                pipe.safety_checker = checker
         images = list(out.images)
         flagged = self._check_safety(images) if checker is not None else [False] * len(images)
         elapsed = time.perf_counter() - started
@@ -444,6 +480,51 @@ class Engine:
         return scheduler
 
 
+def _picture_size(path: str) -> tuple[int, int] | None:
+    """The width and height of a stored picture (its header only); None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError:
+        return None
+
+
+def load_pipeline(model: str, *, device: str, cache_dir: Path | None = None) -> Any:
+    """Any diffusers pipeline by name (hub id, folder, single-file checkpoint, ``tiny:...``),
+    in fp16 on CUDA and fp32 elsewhere, not yet moved to ``device``. Every way it can fail
+    raises ``ModelLoadError`` saying what to do."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    source = _resolve_source(model, cache_dir)
+    log.info("loading model %s from %s on %s (%s)", model, source, device, dtype)
+    try:
+        if Path(source).is_dir():
+            return DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+        if Path(source).is_file():
+            return _from_single_file(Path(source), dtype)
+        return _from_hub(source, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load model {model!r}: {exc}") from exc
+
+
+def _has_image_to_image(pipe: Any) -> bool:
+    """Whether diffusers has an image-to-image pipeline for ``pipe``'s class (SD: yes)."""
+    from diffusers.pipelines.auto_pipeline import (
+        AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+        AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+    )
+
+    kind = type(pipe)
+    names = [name for name, cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.items() if cls is kind]
+    return any(name in AUTO_IMAGE2IMAGE_PIPELINES_MAPPING for name in names)
+
+
 def slerp(t: float, low: Any, high: Any) -> Any:
     """Spherical interpolation between two noise tensors, as A1111's variation seed does it
     (falls back to a straight line when they are nearly parallel)."""
@@ -501,8 +582,10 @@ def _is_shapes_folder(path: str | os.PathLike[str]) -> bool:
 
 def batch_key(r: DrawRequest) -> tuple[Any, ...]:
     """Requests with equal keys can share one pipeline call."""
-    if r.task != "draw":
+    if r.task == "upscale":
         return (r.task, r.init_image, r.seed)  # one picture per call
+    if r.task == "img2img":  # the same starting picture and strength can share a call
+        return (r.task, r.init_image, r.strength, *batch_key(replace(r, task="draw")))
     return (
         r.model,
         r.sampler,

@@ -59,6 +59,8 @@ def format_parameters(
     ]
     if eta and r.sampler in SAMPLERS and SAMPLERS[r.sampler].uses_eta:
         pairs.append(("Eta", f"{r.eta:g}"))
+    if r.task == "img2img" and r.strength is not None:
+        pairs.append(("Denoising strength", f"{r.strength:g}"))
     if r.variation_seed is not None and r.variation_strength > 0:
         # A1111's keys; image i of a request uses variation seed + i as it uses seed + i.
         offset = 0 if seed is None or r.seed is None else (seed - r.seed) % (MAX_SEED + 1)

@@ -65,10 +65,13 @@ class DrawRequest:
     # picture of the seed alone, 1: the picture of the variation seed).
     variation_seed: int | None = None
     variation_strength: float = 0.0
-    # "draw" (text to image) or "upscale": ``init_image`` (a stored PNG drawn with the settings
-    # above) made larger by the engine's upscaler, with ``seed`` for the upscaler's noise.
+    # "draw" (text to image); "upscale": ``init_image`` (a stored PNG drawn with the settings
+    # above) made larger by the engine's upscaler, with ``seed`` for the upscaler's noise;
+    # "img2img": drawn from ``init_image`` (a result or an upload) with the settings above.
     task: str = "draw"
     init_image: str | None = None
+    # "img2img": how much of ``init_image`` is redrawn (A1111's denoising strength), 0-1.
+    strength: float | None = None
 
     def seeds(self) -> list[int]:
         """The seed of each image: ``seed``, ``seed + 1``, ..."""

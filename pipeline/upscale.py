@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,12 @@ class Upscaler:
         device: str = "cpu",
         steps: int = DEFAULT_UPSCALE_STEPS,
         cache_dir: Path | None = None,
+        loader: Callable[..., Any] | None = None,
     ) -> None:
+        """``loader(model, device=..., cache_dir=...)`` loads a pipeline by name
+        (``pipeline.engine.load_pipeline``, handed in so this module needs no engine)."""
         self.model = model
+        self.loader = loader
         self.device = device
         self.steps = steps
         self.cache_dir = cache_dir
@@ -65,23 +70,10 @@ class Upscaler:
             return self.pipe
 
     def _load(self) -> Any:
-        import torch
-        from diffusers import DiffusionPipeline
-
-        from pipeline.engine import _from_hub, _resolve_source
-
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        source = _resolve_source(self.model, self.cache_dir)
-        log.info("loading upscaler %s from %s on %s", self.model, source, self.device)
-        try:
-            if Path(source).is_dir():
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
-            else:
-                pipe = _from_hub(source, dtype)
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"Could not load the upscaler {self.model!r}: {exc}") from exc
+        if self.loader is None:
+            raise ModelLoadError("no way to load the upscaler was given")
+        log.info("loading upscaler %s on %s", self.model, self.device)
+        pipe = self.loader(self.model, device=self.device, cache_dir=self.cache_dir)
         kind = _KINDS.get(type(pipe).__name__)
         if kind is None:
             raise ModelLoadError(

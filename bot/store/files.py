@@ -98,10 +98,12 @@ class FilesMixin(StoreBase):
     async def _unreferenced(self, db: aiosqlite.Connection, stored: Iterable[str]) -> list[Path]:
         orphans = []
         for path in stored:
-            if not await self._scalar(
-                db, "SELECT 1 FROM job_images WHERE path = ? LIMIT 1", (path,)
-            ):
-                orphans.append(self._from_db_path(path))
+            if await self._scalar(db, "SELECT 1 FROM job_images WHERE path = ? LIMIT 1", (path,)):
+                continue
+            # A picture a job starts from (an upload, a result being upscaled or remixed).
+            if await self._scalar(db, "SELECT 1 FROM jobs WHERE init_image = ? LIMIT 1", (path,)):
+                continue
+            orphans.append(self._from_db_path(path))
         return orphans
 
     def _unlink_images(self, paths: Iterable[Path]) -> None:

@@ -169,6 +169,14 @@ class ModerationMixin(FilesMixin):
                     (guild_id, user_id),
                 )
             ]
+            # The pictures their jobs here started from (their uploads); not counted as images.
+            inputs = [
+                row[0]
+                for row in await db.execute_fetchall(
+                    f"SELECT DISTINCT init_image {scope} AND init_image IS NOT NULL",
+                    (guild_id, user_id),
+                )
+            ]
             jobs = await self._write(db, f"DELETE {scope}", (guild_id, user_id))
             now = self._clock()
             cursor = await db.execute(
@@ -189,7 +197,7 @@ class ModerationMixin(FilesMixin):
             )
             purge_id = cursor.lastrowid
             await cursor.close()
-        await self._delete_files(paths)
+        await self._delete_files([*paths, *inputs])
         assert purge_id is not None
         return PurgeRecord(
             id=purge_id,

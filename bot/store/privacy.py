@@ -19,8 +19,11 @@ class PrivacyMixin(FilesMixin):
                 row[0]
                 for row in await db.execute_fetchall(
                     "SELECT DISTINCT i.path FROM job_images i JOIN jobs j ON j.id = i.job_id "
-                    "WHERE j.user_id = ?",
-                    (user_id,),
+                    "WHERE j.user_id = ? "
+                    # The pictures their jobs started from: their uploads among them.
+                    "UNION SELECT init_image FROM jobs "
+                    "WHERE user_id = ? AND init_image IS NOT NULL",
+                    (user_id, user_id),
                 )
             ]
             # job_images rows go with their jobs (ON DELETE CASCADE), children's

@@ -30,6 +30,7 @@ REQUEST_COLUMNS: Final = (
     "variation_strength",
     "task",
     "init_image",
+    "strength",
 )
 
 
@@ -74,6 +75,7 @@ class JobRecord:
     variation_strength: float = 0.0
     task: str = "draw"
     init_image: str | None = None  # absolute, as read back by the store
+    strength: float | None = None  # img2img: A1111's denoising strength
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property
