@@ -22,6 +22,7 @@ from bot.store import EVERYWHERE, Store, StoreBusy
 from bot.views import (
     CellMenu,
     DeleteButton,
+    RemixButton,
     RerollButton,
     UpscaleButton,
     VaryButton,
@@ -129,7 +130,13 @@ class EaselBot(commands.Bot):
         for cog in COGS:
             await self.load_extension(cog)
         self.add_dynamic_items(
-            RerollButton, DeleteButton, CellMenu, VaryButton, VaryStrengthButton, UpscaleButton
+            RerollButton,
+            DeleteButton,
+            CellMenu,
+            VaryButton,
+            VaryStrengthButton,
+            UpscaleButton,
+            RemixButton,
         )
         await self.jobs.recover()
         await self.sync_commands(force=False)

@@ -150,6 +150,7 @@ class Job:
     guild_id: int | None
     user_id: int
     request: DrawRequest
-    kind: str = "draw"  # "draw", "vary" or "upscale": how the result credits its parent
+    kind: str = "draw"  # "draw", "vary", "upscale" or "remix": how the result credits its parent
+    notes: tuple[str, ...] = ()  # for the result, e.g. "your picture was resized"
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None

@@ -91,6 +91,7 @@ class JobRunner(CompareMixin):
         *,
         parent_job_id: int | None = None,
         kind: str = "draw",
+        notes: tuple[str, ...] = (),
     ) -> int | None:
         """Check, acknowledge, record and queue one request from an interaction.
 
@@ -124,7 +125,14 @@ class JobRunner(CompareMixin):
             self.bot, channel_id=interaction.channel_id, user_id=user.id, interaction=interaction
         )
         job = Job(
-            job_id, delivery, parent_job_id, interaction.guild_id, user.id, request, kind=kind
+            job_id,
+            delivery,
+            parent_job_id,
+            interaction.guild_id,
+            user.id,
+            request,
+            kind=kind,
+            notes=notes,
         )
         try:
             self._submit(job, request)
@@ -251,6 +259,42 @@ class JobRunner(CompareMixin):
             model=None,
         )
         return await self.start(interaction, request, parent_job_id=job_id, kind="vary")
+
+    async def remix(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        index: int,
+        prompt: str,
+        strength: float,
+    ) -> int | None:
+        """Draw from picture ``index`` of a past job with a new prompt (image to image): its
+        settings, a new seed, ``strength`` of it redrawn. Who may: as for a reroll."""
+        record = await self.store.get_job(job_id)
+        if record is None or not await self._may_reroll(interaction, record):
+            await answer_privately(
+                interaction, f"There is no job #{job_id} here that you can remix."
+            )
+            return None
+        if record.kind in ("compare", "upscale") or not 0 <= index < len(record.images):
+            await answer_privately(
+                interaction, f"Job #{job_id} has no picture {index + 1} to remix."
+            )
+            return None
+        path, _seed = record.images[index]
+        request = replace(
+            record.request,
+            prompt=prompt,
+            seed=random_seed(),
+            count=1,
+            task="img2img",
+            init_image=str(path),
+            strength=strength,
+            variation_seed=None,
+            variation_strength=0.0,
+            model=None,
+        )
+        return await self.start(interaction, request, parent_job_id=job_id, kind="remix")
 
     async def upscale(
         self, interaction: discord.Interaction, job_id: int, index: int
@@ -497,7 +541,7 @@ class JobRunner(CompareMixin):
         except BaseException:
             await self.store.discard_images(paths)  # purged while it ran: keep nothing
             raise
-        notes = result.notes
+        notes = (*job.notes, *result.notes)
         if shown_flagged:
             notes = (
                 *notes,
@@ -629,9 +673,14 @@ class JobRunner(CompareMixin):
         return upscaler.factor, upscaler.model
 
     def _result_view(self, job: Job, images: int) -> discord.ui.View:
-        # An upscale is the end of the line: no V or U under it.
+        # An upscale is the end of the line: no V, U or Remix under it.
         shown = images if job.kind != "upscale" else 0
-        return result_view(job.id, images=shown, upscale=self.engine.upscaler is not None)
+        return result_view(
+            job.id,
+            images=shown,
+            upscale=self.engine.upscaler is not None,
+            remix=self.engine.capabilities.image_input,
+        )
 
     async def _gave_up(self, job: Job, reason: str) -> None:
         log.warning("job %s: result not posted: %s", job.id, reason)

@@ -31,6 +31,10 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
         cell += f" · variation of #{record.parent_job_id}"
     elif record.kind == "upscale" and record.parent_job_id:
         cell += f" · upscaled from #{record.parent_job_id}"
+    elif record.kind == "remix" and record.parent_job_id:
+        cell += f" · remix of #{record.parent_job_id}"
+    elif record.task == "img2img":
+        cell += " · from an attached picture"
     return (
         f"**#{record.id}** {plain(shorten(record.prompt, 60))}\n"
         f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{by}{status}{link}"

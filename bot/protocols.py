@@ -49,7 +49,15 @@ class Jobs(Protocol):
 
     async def policy(self, guild_id: int | None) -> Policy: ...
 
-    async def start(self, interaction: discord.Interaction, request: DrawRequest) -> int | None: ...
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        request: DrawRequest,
+        *,
+        parent_job_id: int | None = None,
+        kind: str = "draw",
+        notes: tuple[str, ...] = (),
+    ) -> int | None: ...
 
     async def reroll(
         self, interaction: discord.Interaction, job_id: int, *, seed: int | None = None
@@ -63,6 +71,15 @@ class Jobs(Protocol):
 
     async def upscale(
         self, interaction: discord.Interaction, job_id: int, index: int
+    ) -> int | None: ...
+
+    async def remix(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        index: int,
+        prompt: str,
+        strength: float,
     ) -> int | None: ...
 
     async def compare(

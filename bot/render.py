@@ -66,6 +66,10 @@ def result_embed(
     else:
         embed.add_field(name="Size", value=f"{request.width}x{request.height}")
     embed.add_field(name="Model", value=shorten(str(request.model), 200))
+    if request.task == "img2img" and request.strength is not None:
+        embed.add_field(name="Strength", value=f"{request.strength:g}")
+        if not parent_job_id:
+            embed.add_field(name="Started from", value="a picture they attached")
     variations = request.variation_seeds()
     if variations is not None and request.variation_strength > 0:
         embed.add_field(
@@ -78,6 +82,8 @@ def result_embed(
         credit = f"Variation of job #{parent_job_id} by"
     elif kind == "upscale":
         credit = f"Upscaled from job #{parent_job_id} by"
+    elif kind == "remix":
+        credit = f"Remix of job #{parent_job_id} by"
     else:
         credit = f"Rerolled from job #{parent_job_id} by"
     embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)

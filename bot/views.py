@@ -11,6 +11,7 @@ import discord
 
 from bot.listing import describe_record
 from bot.render import EMBED_COLOUR, shorten
+from bot.replies import answer_privately
 from bot.store import JobRecord
 
 if TYPE_CHECKING:
@@ -168,12 +169,96 @@ class UpscaleButton(
         await bot.guarded(interaction, bot.jobs.upscale(interaction, self.job_id, self.index))
 
 
-def result_view(job_id: int, *, images: int = 0, upscale: bool = False) -> discord.ui.View:
-    """Reroll and Delete; V1..Vn (one per posted picture) on the next row, U1..Un (when an
-    upscaler is set up) on the row after."""
+DEFAULT_REMIX_STRENGTH = 0.6
+
+
+class RemixButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:remix:(?P<job>\d+):(?P<n>\d)"
+):
+    """Remix: a form with the prompt (to edit) and the strength, then a drawing from that
+    result (models with an image-to-image form only)."""
+
+    def __init__(self, job_id: int, images: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Remix",
+                emoji="🎨",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"easel:remix:{job_id}:{images}",
+            )
+        )
+        self.job_id, self.images = job_id, images
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RemixButton:
+        return cls(int(match["job"]), int(match["n"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: Easel = interaction.client  # type: ignore[assignment]
+        record = await bot.store.get_job(self.job_id)
+        prompt = record.prompt if record is not None else ""
+        await interaction.response.send_modal(RemixForm(self.job_id, self.images, prompt))
+
+
+class RemixForm(discord.ui.Modal):
+    """The prompt (pre-filled) and the strength of a remix; the picture's number when a post
+    has several."""
+
+    def __init__(self, job_id: int, images: int, prompt: str) -> None:
+        super().__init__(title=f"Remix job #{job_id}", custom_id=f"easel:remixform:{job_id}")
+        self.job_id = job_id
+        self.prompt: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:4000],
+            max_length=4000,
+        )
+        self.strength: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
+            label="Strength: how much to redraw (0.1-1)",
+            default=f"{DEFAULT_REMIX_STRENGTH:g}",
+            max_length=8,
+        )
+        self.picture: discord.ui.TextInput[RemixForm] | None = None
+        self.add_item(self.prompt)
+        self.add_item(self.strength)
+        if images > 1:
+            self.picture = discord.ui.TextInput(
+                label=f"Which picture (1-{images})", default="1", max_length=1
+            )
+            self.add_item(self.picture)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        bot: Easel = interaction.client  # type: ignore[assignment]
+        try:
+            strength = float(self.strength.value.replace(",", "."))
+            index = int(self.picture.value) - 1 if self.picture is not None else 0
+        except ValueError:
+            await answer_privately(
+                interaction,
+                "The strength must be a number like 0.6, and the picture a number like 1.",
+            )
+            return
+        if not 0 < strength <= 1:
+            await answer_privately(
+                interaction, "The strength must be above 0 and at most 1, like 0.6."
+            )
+            return
+        work = bot.jobs.remix(interaction, self.job_id, index, self.prompt.value, strength)
+        await bot.guarded(interaction, work)
+
+
+def result_view(
+    job_id: int, *, images: int = 0, upscale: bool = False, remix: bool = False
+) -> discord.ui.View:
+    """Reroll, Delete and Remix (models that draw from a picture); V1..Vn (one per posted
+    picture) on the next row, U1..Un (when an upscaler is set up) on the row after."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
+    if remix and images:
+        view.add_item(RemixButton(job_id, min(images, 9)))
     for i in range(min(images, 5)):
         view.add_item(VaryButton(job_id, i))
     for i in range(min(images, 5) if upscale else 0):

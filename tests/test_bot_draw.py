@@ -39,6 +39,7 @@ async def test_draw_posts_the_image_with_its_settings(world):
     assert button_ids(msg) == [
         "easel:reroll:1",
         "easel:delete:1",
+        "easel:remix:1:1",
         "easel:vary:1:0",
         "easel:upscale:1:0",
     ]

@@ -36,7 +36,7 @@ async def test_v2_varies_the_picture_clicked_as_draw_would_with_that_variation_s
     await world.idle()
     post = r.response
     ids = [c["custom_id"] for row in post.components for c in row["components"]]
-    assert ids[2:4] == ["easel:vary:1:0", "easel:vary:1:1"]
+    assert ids[3:5] == ["easel:vary:1:0", "easel:vary:1:1"]
 
     res = await vary(world, world.alice, post, 2, "Strong")
     card = res.response
@@ -170,7 +170,7 @@ async def test_u2_upscales_the_picture_clicked_4x_and_its_png_names_the_source(w
     source = await world.bot.store.get_job(1)
     assert job.kind == "upscale" and job.task == "upscale" and job.parent_job_id == 1
     assert job.init_image == str(source.images[1][0])
-    # The end of the line: no V or U under an upscale.
+    # The end of the line: no V, U or Remix under an upscale.
     assert [c["label"] for row in card.components for c in row["components"]] == [
         "Reroll",
         "Delete",

@@ -223,7 +223,7 @@ async def test_the_page_draws_and_rerolls_with_the_real_bot(preview_settings):
         assert embed["description"] == "a lighthouse at dusk"
         assert {f["name"]: f["value"] for f in embed["fields"]}["Seed"] == "7"
         labels = [c["label"] for row in card["components"] for c in row["components"]]
-        assert labels == ["Reroll", "Delete", "V1", "U1"]
+        assert labels == ["Reroll", "Delete", "Remix", "V1", "U1"]
         params = read_parameters(await png_of(alice, card)) or ""
         assert params.startswith("a lighthouse at dusk\n") and "Seed: 7" in params
 

@@ -10,7 +10,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.render import plural
-from bot.views import VARY_STRONG
+from bot.replies import answer_privately
+from bot.uploads import BadUpload, read_upload
+from bot.views import DEFAULT_REMIX_STRENGTH, VARY_STRONG
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
 from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
@@ -62,6 +64,8 @@ class Draw(commands.Cog):
         count="How many pictures (1-4); picture i uses seed + i",
         variation_seed="Mix in this seed's noise (A1111's variation seed); random if only strength",
         variation_strength="How far towards the variation seed (0-1): 0.25 subtle, 0.6 strong",
+        image="A picture to start from (PNG, JPEG, WebP, GIF; up to 10 MB and 4 megapixels)",
+        strength="With image: how much of it to redraw (0.1 keeps it, 1 redraws all; 0.6)",
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
     async def draw(
@@ -79,6 +83,8 @@ class Draw(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
         variation_seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         variation_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.01, 1.0] | None = None,
     ) -> None:
         settings = self.bot.settings
         # Options left out take this server's defaults (its /mod settings, else the bot's).
@@ -100,7 +106,61 @@ class Draw(commands.Cog):
             if variation_strength is not None
             else (VARY_STRONG if variation_seed is not None else 0.0),
         )
-        await self.bot.jobs.start(interaction, request)
+        if image is None:
+            if strength is not None:
+                request = replace(request, strength=strength)  # refused, saying why
+            await self.bot.jobs.start(interaction, request)
+            return
+        await self._draw_from(interaction, request, image, strength, sized=bool(width or height))
+
+    async def _draw_from(
+        self,
+        interaction: discord.Interaction,
+        request: DrawRequest,
+        image: discord.Attachment,
+        strength: float | None,
+        *,
+        sized: bool,
+    ) -> None:
+        """/draw image: check and store the picture, then draw from it like any request."""
+        caps = self.bot.engine.capabilities
+        if not caps.image_input:
+            await answer_privately(
+                interaction,
+                f"{caps.model} ({caps.pipeline_class}) can't start from a picture, so nothing "
+                "was drawn. Draw from a prompt, and use the V buttons under a result for "
+                "variations of it.",
+            )
+            return
+        if sized:
+            await answer_privately(
+                interaction,
+                "With a picture, leave width and height out: the picture's own size is used.",
+            )
+            return
+        try:
+            upload = await read_upload(image, caps)
+        except BadUpload as refusal:
+            await answer_privately(interaction, str(refusal))
+            return
+        store = self.bot.store
+        path = await store.save_image(upload.png)
+        request = replace(
+            request,
+            task="img2img",
+            init_image=str(path),
+            strength=strength if strength is not None else DEFAULT_REMIX_STRENGTH,
+            width=upload.width,
+            height=upload.height,
+        )
+        job_id = None
+        try:
+            job_id = await self.bot.jobs.start(interaction, request, notes=upload.notes)
+        finally:
+            if job_id is None:  # refused: nothing of it is kept
+                await store.discard_images([path])
+            else:  # its job's row holds on to it now
+                store.release_images([path])
 
     @app_commands.command(name="reroll", description="Draw a past job of this server again.")
     @app_commands.describe(

@@ -8,7 +8,7 @@ from typing import Final
 
 from pipeline.request import DrawRequest
 
-JOB_KINDS: Final = ("draw", "compare", "vary", "upscale")
+JOB_KINDS: Final = ("draw", "compare", "vary", "upscale", "remix")
 STATUSES: Final = ("queued", "running", "done", "failed", "cancelled", "refused")
 UNFINISHED: Final = ("queued", "running")
 
