@@ -211,12 +211,14 @@ class RemixForm(discord.ui.Modal):
         self.job_id = job_id
         self.prompt: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
             label="Prompt",
+            custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:4000],
             max_length=4000,
         )
         self.strength: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
             label="Strength: how much to redraw (0.1-1)",
+            custom_id="strength",
             default=f"{DEFAULT_REMIX_STRENGTH:g}",
             max_length=8,
         )
@@ -225,7 +227,7 @@ class RemixForm(discord.ui.Modal):
         self.add_item(self.strength)
         if images > 1:
             self.picture = discord.ui.TextInput(
-                label=f"Which picture (1-{images})", default="1", max_length=1
+                label=f"Which picture (1-{images})", custom_id="picture", default="1", max_length=1
             )
             self.add_item(self.picture)
 

@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("--count", type=int, help="images, 1-4; image i uses seed+i (default 1)")
     draw.add_argument("--negative", help="negative prompt (models that support one)")
     draw.add_argument(
+        "--image",
+        type=Path,
+        metavar="PICTURE",
+        help="start from this picture (image to image; SD models); its size is used",
+    )
+    draw.add_argument(
+        "--strength",
+        type=float,
+        help="with --image: how much of it to redraw, 0-1 (default 0.6, or the PNG's)",
+    )
+    draw.add_argument(
         "--variation-seed",
         type=int,
         help="mix this seed's starting noise in (A1111's variation seed; image i uses it + i)",
@@ -175,6 +186,22 @@ def _request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DrawR
         "variation_strength": args.variation_strength,
     }
     request = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if args.image is not None:
+        if not args.image.is_file():
+            parser.error(f"can't read {args.image}: no such file")
+        strength = args.strength if args.strength is not None else (request.strength or 0.6)
+        request = replace(
+            request,
+            task="img2img",
+            init_image=str(args.image),
+            strength=strength,
+            width=None if args.width is None else args.width,
+            height=None if args.height is None else args.height,
+        )
+    elif request.strength is not None or args.strength is not None:
+        parser.error(
+            "this picture was drawn from another picture: give that one with --image PICTURE"
+        )
     # A PNG names the model it came from; --model (or that name) decides what loads.
     return replace(request, model=None)
 

@@ -135,6 +135,7 @@ def request_from_parameters(text: str) -> DrawRequest:
         width=width,
         height=height,
         model=s.get("Model"),
+        strength=float(s["Denoising strength"]) if "Denoising strength" in s else None,
         variation_seed=int(s["Variation seed"]) if "Variation seed" in s else None,
         variation_strength=float(s.get("Variation seed strength", 0.0))
         if "Variation seed" in s
