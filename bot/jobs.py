@@ -195,7 +195,8 @@ class JobRunner(CompareMixin):
         """Keep a refused prompt where moderators can see it (after the answer went out)."""
         try:
             await self.store.add_job(
-                request,
+                # What was asked, not the picture: a refused upload is not kept.
+                replace(request, init_image=None),
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,
@@ -230,7 +231,13 @@ class JobRunner(CompareMixin):
             return None
         if record.kind == "compare":
             return await self.reroll_comparison(interaction, record, seed)
-        request = replace(record.request, seed=random_seed() if seed is None else seed, model=None)
+        new_seed = random_seed() if seed is None else seed
+        if record.task == "upscale":
+            # The same picture upscaled again with other noise: still an upscale of its source.
+            request = replace(record.request, seed=new_seed)
+            parent = record.parent_job_id or job_id
+            return await self.start(interaction, request, parent_job_id=parent, kind="upscale")
+        request = replace(record.request, seed=new_seed, model=None)
         return await self.start(interaction, request, parent_job_id=job_id)
 
     async def vary(
@@ -247,6 +254,12 @@ class JobRunner(CompareMixin):
         if record.kind == "compare" or not 0 <= index < len(record.images):
             await answer_privately(
                 interaction, f"Job #{job_id} has no picture {index + 1} to vary."
+            )
+            return None
+        if record.task != "draw":
+            await answer_privately(
+                interaction,
+                "Variations are for pictures drawn from a prompt; Reroll or Remix this one.",
             )
             return None
         _path, seed = record.images[index]
@@ -276,7 +289,11 @@ class JobRunner(CompareMixin):
                 interaction, f"There is no job #{job_id} here that you can remix."
             )
             return None
-        if record.kind in ("compare", "upscale") or not 0 <= index < len(record.images):
+        if (
+            record.kind == "compare"
+            or record.task == "upscale"
+            or not 0 <= index < len(record.images)
+        ):
             await answer_privately(
                 interaction, f"Job #{job_id} has no picture {index + 1} to remix."
             )
@@ -293,6 +310,9 @@ class JobRunner(CompareMixin):
             variation_seed=None,
             variation_strength=0.0,
             model=None,
+            # The picture's own size (an upscale's is 4x its settings' size), checked as any.
+            width=None,
+            height=None,
         )
         return await self.start(interaction, request, parent_job_id=job_id, kind="remix")
 
@@ -310,7 +330,11 @@ class JobRunner(CompareMixin):
         if self.engine.upscaler is None:
             await answer_privately(interaction, "This bot has no upscaler set up.")
             return None
-        if record.kind in ("compare", "upscale") or not 0 <= index < len(record.images):
+        if (
+            record.kind == "compare"
+            or record.task == "upscale"
+            or not 0 <= index < len(record.images)
+        ):
             await answer_privately(
                 interaction, f"Job #{job_id} has no picture {index + 1} to upscale."
             )
@@ -351,7 +375,9 @@ class JobRunner(CompareMixin):
         for record in records:
             if record.id in handled:
                 continue
-            job = self._restored(record, replace(record.request, model=None))
+            # An upscale keeps the model that drew its source; the rest draw with today's.
+            model = record.model if record.task == "upscale" else None
+            job = self._restored(record, replace(record.request, model=model))
             if record.attempts >= self.max_attempts:
                 self._start_background(self._give_up(job, record.attempts))
                 continue
@@ -673,12 +699,15 @@ class JobRunner(CompareMixin):
         return upscaler.factor, upscaler.model
 
     def _result_view(self, job: Job, images: int) -> discord.ui.View:
-        # An upscale is the end of the line: no V, U or Remix under it.
-        shown = images if job.kind != "upscale" else 0
+        task = job.request.task
+        upscaler = self.engine.upscaler
+        # An upscale is the end of the line: no V, U or Remix under it. A picture drawn from
+        # another has no variation seed to vary.
         return result_view(
             job.id,
-            images=shown,
-            upscale=self.engine.upscaler is not None,
+            images=0 if task == "upscale" else images,
+            vary=task == "draw",
+            upscale=upscaler is not None and upscaler.failed is None,
             remix=self.engine.capabilities.image_input,
         )
 

@@ -64,7 +64,7 @@ class Policy:
 
         An upscale redraws a picture that passed these checks when it was drawn; what it costs
         is the operator's choice (UPSCALER, UPSCALE_STEPS), not a member's."""
-        if request.task != "draw":
+        if request.task == "upscale":
             return
         if request.steps > self.max_steps:
             raise OverServerLimit(

@@ -21,7 +21,9 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4_000_000
 # Discord's CDN answers in well under a second; a refusal must still come within the 3 seconds
 # Discord gives an interaction's first answer.
-DOWNLOAD_TIMEOUT_S = 2.0
+DOWNLOAD_TIMEOUT_S = 1.5
+# What Pillow may decode from members: never EPS (Ghostscript) or other exotic readers.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 
 class BadUpload(EaselError):
@@ -38,8 +40,12 @@ class Upload:
     notes: tuple[str, ...] = ()
 
 
-async def read_upload(attachment: discord.Attachment, caps: Capabilities) -> Upload:
-    """Download, check and prepare ``attachment``; raises ``BadUpload``."""
+async def read_upload(
+    attachment: discord.Attachment, caps: Capabilities, *, max_side: int, owner: int
+) -> Upload:
+    """Download, check and prepare ``attachment`` (sides up to ``max_side``: this server's
+    limit); raises ``BadUpload``. ``owner`` is marked in the stored file, so two members'
+    identical uploads are two files, each deleted with its own member's data."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise BadUpload(
             f"That file is {attachment.size / 1024 / 1024:.1f} MB; attach a picture of "
@@ -52,7 +58,7 @@ async def read_upload(attachment: discord.Attachment, caps: Capabilities) -> Upl
         data = await asyncio.wait_for(attachment.read(), DOWNLOAD_TIMEOUT_S)
     except (TimeoutError, discord.HTTPException) as exc:
         raise BadUpload("Discord didn't hand over that picture in time; please try again.") from exc
-    return await asyncio.to_thread(prepare, data, caps)
+    return await asyncio.to_thread(prepare, data, caps, max_side=max_side, owner=owner)
 
 
 def _too_many_pixels(width: int, height: int) -> BadUpload:
@@ -62,13 +68,13 @@ def _too_many_pixels(width: int, height: int) -> BadUpload:
     )
 
 
-def prepare(data: bytes, caps: Capabilities) -> Upload:
+def prepare(data: bytes, caps: Capabilities, *, max_side: int, owner: int) -> Upload:
     """Decode ``data`` and turn it into what the model draws from (runs off the event loop)."""
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=FORMATS)
     except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadUpload(
             "That file isn't a picture Easel can read; attach a PNG, JPEG, WebP or GIF."
@@ -94,27 +100,33 @@ def prepare(data: bytes, caps: Capabilities) -> Upload:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         picture = flat
     picture = picture.convert("RGB")
-    width, height = fitted_size(picture.width, picture.height, caps)
+    largest = min(caps.max_side, max_side)
+    width, height = fitted_size(picture.width, picture.height, caps, largest)
     if (width, height) != picture.size:
         notes.append(
             f"Your picture was resized from {picture.width}x{picture.height} to {width}x{height}:"
-            f" {caps.model} draws sides that are multiples of {caps.size_multiple}, from "
-            f"{caps.min_side} to {caps.max_side} pixels."
+            f" sides must be multiples of {caps.size_multiple}, from "
+            f"{caps.min_side} to {largest} pixels here."
         )
         picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()  # the member's EXIF stays with them; only whose upload it is
+    info.add_text("easel-uploaded-by", str(owner))
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")  # no metadata: the member's EXIF stays with them
+    picture.save(buffer, format="PNG", pnginfo=info)
     return Upload(buffer.getvalue(), width, height, tuple(notes))
 
 
-def fitted_size(width: int, height: int, caps: Capabilities) -> tuple[int, int]:
-    """The nearest size the model takes, keeping the aspect ratio as well as it can."""
-    scale = min(1.0, caps.max_side / max(width, height))
+def fitted_size(width: int, height: int, caps: Capabilities, largest: int) -> tuple[int, int]:
+    """The nearest size the model takes with sides up to ``largest``, keeping the aspect
+    ratio as well as it can."""
+    scale = min(1.0, largest / max(width, height))
     scale = max(scale, caps.min_side / min(width, height))
     step = caps.size_multiple
 
     def fit(side: int) -> int:
         rounded = round(side * scale / step) * step
-        return max(caps.min_side, min(caps.max_side, rounded))
+        return max(caps.min_side, min(largest, rounded))
 
     return fit(width), fit(height)

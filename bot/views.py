@@ -252,7 +252,12 @@ class RemixForm(discord.ui.Modal):
 
 
 def result_view(
-    job_id: int, *, images: int = 0, upscale: bool = False, remix: bool = False
+    job_id: int,
+    *,
+    images: int = 0,
+    vary: bool = True,
+    upscale: bool = False,
+    remix: bool = False,
 ) -> discord.ui.View:
     """Reroll, Delete and Remix (models that draw from a picture); V1..Vn (one per posted
     picture) on the next row, U1..Un (when an upscaler is set up) on the row after."""
@@ -261,7 +266,7 @@ def result_view(
     view.add_item(DeleteButton(job_id))
     if remix and images:
         view.add_item(RemixButton(job_id, min(images, 9)))
-    for i in range(min(images, 5)):
+    for i in range(min(images, 5) if vary else 0):
         view.add_item(VaryButton(job_id, i))
     for i in range(min(images, 5) if upscale else 0):
         view.add_item(UpscaleButton(job_id, i))

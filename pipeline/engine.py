@@ -376,6 +376,9 @@ class Engine:
             pipe = self._image_to_image()
             with Image.open(first.init_image or "") as opened:
                 picture = opened.convert("RGB")
+            size = (first.width or picture.width, first.height or picture.height)
+            if picture.size != size:  # the size asked for is the size drawn and recorded
+                picture = picture.resize(size, Image.Resampling.LANCZOS)
             kwargs |= {"image": [picture] * len(prompts), "strength": first.strength}
             del kwargs["height"], kwargs["width"]  # the picture's own size
         if caps.guidance:

@@ -56,6 +56,9 @@ class Upscaler:
         self.cache_dir = cache_dir
         self.factor = 4
         self.pipe: Any = None
+        # Why loading failed, once it has: later upscales are refused at once with it instead
+        # of holding the queue up with another attempt (a restart tries again).
+        self.failed: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -65,8 +68,14 @@ class Upscaler:
     def load(self) -> Any:
         """The pipeline, loading it the first time (on the executor's thread: it may take long)."""
         with self._lock:
+            if self.failed is not None:
+                raise ModelLoadError(self.failed)
             if self.pipe is None:
-                self.pipe = self._load()
+                try:
+                    self.pipe = self._load()
+                except ModelLoadError as exc:
+                    self.failed = str(exc)
+                    raise
             return self.pipe
 
     def _load(self) -> Any:
@@ -88,6 +97,8 @@ class Upscaler:
         returns its size."""
         from PIL import Image
 
+        if self.failed is not None:
+            raise UnsupportedOption(f"Upscaling is not available: {self.failed}")
         path = request.init_image
         if not path or not Path(path).is_file():
             raise UnsupportedOption(
@@ -117,9 +128,13 @@ class Upscaler:
         seed = request.seed or 0
         with Image.open(request.init_image or "") as opened:
             source = opened.convert("RGB")
+        width, height = source.size
+        # The LDM upscaler cuts sides down to multiples of 32: pad (repeating the edge) and
+        # crop the result, so nothing is squashed.
+        padded = _pad_to(source, 32)
         generator = torch.Generator("cpu").manual_seed(seed)
         kwargs: dict[str, Any] = {
-            "image": source,
+            "image": padded,
             "num_inference_steps": self.steps,
             "generator": generator,
             "output_type": "pil",
@@ -132,6 +147,8 @@ class Upscaler:
         try:
             with torch.inference_mode():
                 image = pipe(**kwargs).images[0]
+            f = self.factor
+            image = image.crop((0, 0, width * f, height * f))
         finally:
             if reporter is not None:
                 del pipe.progress_bar  # back to the class's method
@@ -142,3 +159,16 @@ class Upscaler:
             duration_s=time.perf_counter() - started,
             notes=(),
         )
+
+
+def _pad_to(image: Any, multiple: int) -> Any:
+    """``image`` grown to sides that are multiples of ``multiple`` by repeating its edges."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = image.size
+    right, bottom = -width % multiple, -height % multiple
+    if not right and not bottom:
+        return image
+    pixels = np.pad(np.asarray(image), ((0, bottom), (0, right), (0, 0)), mode="edge")
+    return Image.fromarray(pixels)

@@ -220,3 +220,46 @@ async def test_upscale_obeys_the_queue_cap_and_a_deleted_source_is_refused(world
     source.images[0][0].unlink()  # the stored picture is gone (someone cleaned the folder)
     gone = await world.alice.click(post, label="U1")
     assert gone.ephemeral and "no longer stored" in gone.response.content
+
+
+async def test_rerolling_an_upscale_upscales_again_and_stays_the_end_of_the_line(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a fox", seed=4)
+    await world.idle()
+    up = await world.alice.click(r.response, label="U1")
+    await world.idle()
+    again = await world.bob.click(up.response, label="Reroll")
+    await world.idle()
+    job = await world.bot.store.get_job(3)
+    assert job.kind == "upscale" and job.task == "upscale" and job.parent_job_id == 1
+    card = again.response
+    assert fields(card)["\u200b"] == f"Upscaled from job #1 by <@{world.bob.id}>"
+    assert [c["label"] for row in card.components for c in row["components"]] == [
+        "Reroll",
+        "Delete",
+    ]
+
+
+def test_the_upscaler_keeps_sides_that_are_not_multiples_of_32(tmp_path, model_cache):
+    from pipeline.engine import load_pipeline
+    from pipeline.request import DrawRequest as Request
+    from pipeline.upscale import Upscaler
+
+    source = tmp_path / "odd.png"
+    Image.new("RGB", (72, 64), (10, 200, 90)).save(source)
+    upscaler = Upscaler("tiny:upscaler", steps=2, cache_dir=model_cache, loader=load_pipeline)
+    result = upscaler.run(Request("x", seed=1, task="upscale", init_image=str(source)), None)
+    assert result.images[0].size == (288, 256)  # 4x each side, not squashed to 256x256
+
+
+def test_an_upscaler_that_fails_to_load_is_not_tried_again_on_every_click(model_cache):
+    from pipeline.engine import load_pipeline
+    from pipeline.errors import ModelLoadError, UnsupportedOption
+    from pipeline.request import DrawRequest as Request
+    from pipeline.upscale import Upscaler
+
+    upscaler = Upscaler("tiny:nothing", cache_dir=model_cache, loader=load_pipeline)
+    with pytest.raises(ModelLoadError):
+        upscaler.load()
+    assert upscaler.failed
+    with pytest.raises(UnsupportedOption, match="not available"):
+        upscaler.check(Request("x", task="upscale", init_image="/nonexistent.png"))

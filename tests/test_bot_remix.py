@@ -188,3 +188,65 @@ async def test_forget_and_purge_delete_the_stored_inputs(world):
     await world.idle()
     assert not bob_input.exists()
     assert stored_inputs(world) == []
+
+
+def admin(world):
+    import discord
+
+    role = world.guild.create_role(
+        "Admins", permissions=discord.Permissions(manage_guild=True, manage_messages=True)
+    )
+    return world.guild.add_member(world.env.create_user("boss"), roles=[role])
+
+
+async def test_server_limits_apply_to_pictures_and_uploads_are_fitted_to_them(world):
+    await admin(world).slash(world.channel, "mod settings set", max_steps=5, max_size=64)
+    r = await world.alice.slash(
+        world.channel, "draw", prompt="a fox", steps=40, image=("a.png", png())
+    )
+    assert r.ephemeral and "at most 5 steps" in r.response.content
+    big = png(size=(128, 96))
+    r = await world.alice.slash(
+        world.channel, "draw", prompt="a fox", steps=4, image=("b.png", big)
+    )
+    await world.idle()
+    with Image.open((await world.bot.store.get_job(1)).init_image) as stored:
+        assert max(stored.size) == 64  # this server's largest side, not the model's
+    assert stored_inputs(world) and not r.ephemeral
+
+
+async def test_other_formats_are_refused_and_a_refused_upload_is_not_kept(world):
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    r = await world.alice.slash(world.channel, "draw", prompt="a fox", image=("x.eps", eps))
+    assert r.ephemeral and "isn't a picture" in r.response.content
+    await world.mod.slash(world.channel, "mod banword add", word="fox")
+    r = await world.alice.slash(world.channel, "draw", prompt="a fox", image=("a.png", png()))
+    assert r.ephemeral and "doesn't allow" in r.response.content
+    await world.idle()
+    refused = await world.bot.store.get_job(1)
+    assert refused.status == "refused" and refused.init_image is None
+    assert stored_inputs(world) == []
+
+
+async def test_a_picture_drawn_from_another_has_no_vary_buttons_but_remix(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a fox", image=("a.png", png()))
+    await world.idle()
+    labels = [c["label"] for row in r.response.components for c in row["components"]]
+    assert "Remix" in labels and not any(label.startswith("V") for label in labels)
+
+
+async def test_after_forget_nobody_draws_from_the_forgotten_upload(world):
+    await world.alice.slash(world.channel, "draw", prompt="a fox", image=("a.png", png()))
+    await world.idle()
+    await world.bob.slash(world.channel, "reroll", job=1)  # bob's job starts from her upload
+    await world.idle()
+    store = world.bot.store
+    upload = Path((await store.get_job(1)).init_image)
+    assert (await store.get_job(2)).init_image == str(upload)
+    r = await world.alice.slash(world.channel, "forget")
+    await world.alice.click(r.response, label="Yes, delete everything")
+    assert not upload.exists()  # gone with her data, though bob's job started from it
+    assert (await store.get_job(2)).init_image is None
+    again = await world.bob.slash(world.channel, "reroll", job=2)
+    await world.idle()
+    assert "no longer stored" in (again.response.content or "")

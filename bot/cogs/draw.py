@@ -139,7 +139,10 @@ class Draw(commands.Cog):
             )
             return
         try:
-            upload = await read_upload(image, caps)
+            policy = await self.bot.jobs.policy(interaction.guild_id)
+            upload = await read_upload(
+                image, caps, max_side=policy.max_side, owner=interaction.user.id
+            )
         except BadUpload as refusal:
             await answer_privately(interaction, str(refusal))
             return

@@ -95,6 +95,18 @@ class FilesMixin(StoreBase):
             orphans = [p for p in orphans if p.absolute() not in self._pinned]
             await asyncio.to_thread(self._unlink_images, orphans)
 
+    async def _let_go_of(self, db: aiosqlite.Connection, stored: Iterable[str]) -> None:
+        """Other jobs that start from these pictures (someone's upscale or remix of a result,
+        a reroll of an upload) no longer hold them: the pictures go with their owner's data,
+        and those jobs, if they still wait, are refused as "no longer stored"."""
+        stored = list(stored)
+        for start in range(0, len(stored), 500):
+            chunk = stored[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            await db.execute(
+                f"UPDATE jobs SET init_image = NULL WHERE init_image IN ({marks})", chunk
+            )
+
     async def _unreferenced(self, db: aiosqlite.Connection, stored: Iterable[str]) -> list[Path]:
         orphans = []
         for path in stored:

@@ -178,6 +178,7 @@ class ModerationMixin(FilesMixin):
                 )
             ]
             jobs = await self._write(db, f"DELETE {scope}", (guild_id, user_id))
+            await self._let_go_of(db, [*paths, *inputs])
             now = self._clock()
             cursor = await db.execute(
                 "INSERT INTO purges (guild_id, moderator_id, target_user_id, purged_at, jobs, "

@@ -29,6 +29,7 @@ class PrivacyMixin(FilesMixin):
             # job_images rows go with their jobs (ON DELETE CASCADE), children's
             # parent_job_id becomes NULL (ON DELETE SET NULL).
             deleted = await self._write(db, "DELETE FROM jobs WHERE user_id = ?", (user_id,))
+            await self._let_go_of(db, paths)
             await self._write(
                 db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
             )
