@@ -7,6 +7,7 @@ see what a person in the browser sees, including results that arrive after the a
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from bot.__main__ import NO_TOKEN, choose, main
 from bot.preview import (
@@ -28,6 +30,7 @@ from bot.preview import (
     FOLLOW_INTERVAL,
     MAX_CLOCK_LAG,
     PREVIEW_MODEL,
+    PREVIEW_UPSCALER,
     PreviewError,
     PreviewPage,
     PreviewSession,
@@ -55,6 +58,7 @@ def test_no_token_means_the_preview_with_the_tiny_model_and_its_own_database():
     mode, s = choose(None, settings_from({}), {})
     assert mode == "preview"
     assert s.model == PREVIEW_MODEL == "tiny:shapes"
+    assert s.upscaler == PREVIEW_UPSCALER == "tiny:shapes-x4"  # its trained 4x companion
     assert s.db_path == Path("data/preview.sqlite3") and s.data_dir == Path("data/preview")
     assert s.discord_token is None
 
@@ -335,3 +339,24 @@ async def test_keep_time_moves_the_simulated_clock_up_to_the_real_one(simcord_en
     assert abs(clock() - time.time()) < 5  # the real time until it has an env
     clock.env = simcord_env
     assert clock() == simcord_env.now().timestamp()
+
+
+async def test_one_click_makes_a_preview_picture_256_px(shapes_preview):
+    # The preview's upscaler (tiny:shapes-x4, trained for tiny:shapes) behind the U button.
+    settings = replace(shapes_preview, upscaler=PREVIEW_UPSCALER)
+    async with served(settings) as session, aiohttp.ClientSession() as http:
+        bot = session.bot
+        page = await PreviewPage(http, session.url).open(session.world.member)
+        receipt = await page.run_command("draw", prompt="a large red circle in the centre")
+        assert not receipt["rejected"], receipt
+        await bot.executor.wait_idle()
+        await page.wait_for(lambda p: len(cards(p)) == 1)
+        (card,) = cards(page)
+        receipt = await page.click(card, "U1")
+        assert not receipt["rejected"], receipt
+        await bot.executor.wait_idle()
+        await page.wait_for(lambda p: len(cards(p)) == 2)
+        data = await png_of(page, cards(page)[1])
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (256, 256)
+        assert "Hires upscaler: tiny:shapes-x4" in (read_parameters(data) or "")
