@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench train-shapes clean
+.PHONY: install run test lint format bench train-shapes train-shapes-x4 clean
 
 install: $(STAMP)
 
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/executor.py
 	$(PY) bench/shapes_quality.py
+	$(PY) bench/upscale_quality.py
 	$(PY) bench/batch_invariance.py
 	$(PY) bench/history.py
 	$(PY) bench/cpu_threads.py
@@ -44,6 +45,10 @@ bench: $(STAMP)
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)
 	$(PY) -m pipeline.shapes.train
+
+# Retrain the built-in tiny:shapes-x4 upscaler into pipeline/shapes_x4/weights (resumes too).
+train-shapes-x4: $(STAMP)
+	$(PY) -m pipeline.shapes_x4.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -4,6 +4,8 @@ They run the real loading and sampling code of diffusers in well under a second 
 CPU; their images are coloured noise. ``tiny:sd`` is a StableDiffusionPipeline, ``tiny:ldm`` an
 LDMTextToImagePipeline shaped like CompVis/ldm-text2im-large-256. ``tiny:shapes`` is different:
 trained weights that ship with the code (see ``pipeline.shapes``), and it draws what it is asked.
+``tiny:upscaler`` is a random-weight 4x LDMSuperResolutionPipeline; ``tiny:shapes-x4`` the same
+shape trained on shapes pictures (see ``pipeline.shapes_x4``), shipped like ``tiny:shapes``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from pipeline.bpe import bytes_to_unicode
 
-TINY_MODELS = ("shapes", "sd", "ldm", "upscaler")
+TINY_MODELS = ("shapes", "sd", "ldm", "upscaler", "shapes-x4")
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
 _RECIPE_VERSION = 1
 _MAX_TOKENS = 77
@@ -40,6 +42,15 @@ def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
                 "run `python -m pipeline.shapes.train` to make them"
             )
         return WEIGHTS_DIR
+    if name == "shapes-x4":
+        from pipeline.shapes_x4.model import WEIGHTS_DIR as X4_WEIGHTS
+
+        if not (X4_WEIGHTS / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the shapes upscaler's weights are missing from {X4_WEIGHTS}; "
+                "run `python -m pipeline.shapes_x4.train` to make them"
+            )
+        return X4_WEIGHTS
     root = (cache_dir or default_cache_dir()) / "tiny"
     target = root / f"{name}-v{_RECIPE_VERSION}"
     if (target / "model_index.json").is_file():

@@ -126,10 +126,14 @@ def _polygon(cx: float, cy: float, radii: list[float], turn: float) -> list[tupl
     ]
 
 
-def render(attrs: Attributes, rng: random.Random | None = None) -> Image.Image:
-    """Draw ``attrs`` as a 64x64 RGB picture; ``rng`` adds small jitter to size, place and tint."""
+def render(attrs: Attributes, rng: random.Random | None = None, size: int = SIZE) -> Image.Image:
+    """Draw ``attrs`` as a square RGB picture; ``rng`` adds small jitter to size, place and tint.
+
+    The layout is worked out on the 64-pixel grid and scaled, so the same ``rng`` draws the same
+    scene at every ``size`` (the 4x upscaler trains on 256-pixel ones).
+    """
     rng = rng or random.Random(0)
-    s = _SUPERSAMPLE
+    s = _SUPERSAMPLE * size / SIZE
     lo, hi = _RADIUS[attrs.size]
     r = rng.uniform(lo, hi)
     margin = 3.0
@@ -145,7 +149,8 @@ def render(attrs: Attributes, rng: random.Random | None = None) -> Image.Image:
     cy = SIZE / 2 + dy + rng.uniform(-1.5, 1.5)
     turn = math.radians(rng.uniform(-8, 8))
     fill = _jitter(COLOURS[attrs.colour], rng)
-    canvas = Image.new("RGB", (SIZE * s, SIZE * s), _jitter(COLOURS[attrs.background], rng))
+    side = round(SIZE * s)
+    canvas = Image.new("RGB", (side, side), _jitter(COLOURS[attrs.background], rng))
     draw = ImageDraw.Draw(canvas)
     cx, cy, r = cx * s, cy * s, r * s
     box = (cx - r, cy - r, cx + r, cy + r)
@@ -164,17 +169,17 @@ def render(attrs: Attributes, rng: random.Random | None = None) -> Image.Image:
         draw.polygon(_polygon(cx, cy + r * 0.08, [r * 1.1, r * 0.45] * 5, turn), fill=fill)
     else:
         raise ValueError(f"unknown shape {attrs.shape!r}")
-    return canvas.resize((SIZE, SIZE), Image.Resampling.BOX)
+    return canvas.resize((size, size), Image.Resampling.BOX)
 
 
-def sample(seed: int, index: int, *, exclude_held_out: bool = True) -> Sample:
+def sample(seed: int, index: int, *, exclude_held_out: bool = True, size: int = SIZE) -> Sample:
     """Sample ``index`` of the stream ``seed``: the same picture and caption on every machine."""
     rng = random.Random(seed * 1_000_003 + index)
     attrs = random_attributes(rng, exclude_held_out=exclude_held_out)
     caption = attrs.caption(rng.randrange(4))
     if attrs.position == "centre":
         caption = caption.replace("in the centre", rng.choice(_PLACE["centre"]))
-    return Sample(render(attrs, rng), caption, attrs)
+    return Sample(render(attrs, rng, size), caption, attrs)
 
 
 def samples(seed: int, count: int, *, exclude_held_out: bool = True) -> Iterator[Sample]:
