@@ -24,7 +24,7 @@ from PIL import Image
 from bot.delivery import Delivery, Job
 from bot.render import EMBED_COLOUR, fit_upload, plural, result_embed, shorten
 from bot.replies import answer_privately
-from bot.store import JobNotFound, JobRecord
+from bot.store import InvalidTransition, JobNotFound, JobRecord
 from bot.text import plain
 from pipeline.compare import Cell, Comparison
 from pipeline.errors import EaselError, PromptRefused, QueueFull
@@ -114,11 +114,16 @@ class CompareMixin:
         ) -> None: ...
         def _log_outcome(self, job: Job, outcome: JobOutcome) -> None: ...
         def _is_withdrawn(self, job: Job) -> bool: ...
+        def _is_forgotten(self, job: Job) -> bool: ...
         async def _shows_flagged(self, job: Job) -> bool: ...
         def parameters(
             self, request: DrawRequest, seed: int, *, source_job_id: int | None = None
         ) -> str: ...
         async def _gave_up(self, job: Job, reason: str) -> None: ...
+        async def publish(self, job: Job, **message: Any) -> discord.Message | None: ...
+        async def _may_reroll(
+            self, interaction: discord.Interaction, record: JobRecord
+        ) -> bool: ...
         def _start_background(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
     async def compare(
@@ -258,7 +263,7 @@ class CompareMixin:
 
     async def _cancel_rows(self, run: ComparisonRun) -> None:
         for job_id in (*run.cell_ids, run.id):
-            with contextlib.suppress(JobNotFound, Exception):
+            with contextlib.suppress(JobNotFound, InvalidTransition):  # cancelled already
                 await self.store.mark_cancelled(job_id)
 
     # -- callbacks -------------------------------------------------------------------------
@@ -346,13 +351,13 @@ class CompareMixin:
         try:
             if self._is_withdrawn(job):
                 log.info("comparison %s ended while its requester's data was removed", run.id)
-                if not self._is_forgotten_user(run.user_id):  # a forgotten user hears nothing
+                if not self._is_forgotten(job):  # a forgotten user hears nothing
                     await run.delivery.final(
                         content=f"Comparison #{run.id} was removed by a moderator."
                     )
                 return
             if not run.images:
-                await self._no_grid(run, first_error)
+                await self._no_grid(run, job, first_error)
                 return
             comparison = run.comparison
             caps = self.engine.capabilities
@@ -389,20 +394,17 @@ class CompareMixin:
                     f"{'posted' if stored else 'made'}; the error has been logged."
                 )
 
-    async def _no_grid(self, run: ComparisonRun, error: str) -> None:
+    async def _no_grid(self, run: ComparisonRun, job: Job, error: str) -> None:
         whys = set(run.missing.values())
         if whys <= {"cancelled", "removed"}:
             await self.store.mark_cancelled(run.id)
-            if not self._is_forgotten_user(run.user_id):
+            if not self._is_forgotten(job):
                 await run.delivery.final(content=f"Comparison #{run.id} was cancelled.")
             return
         await self.store.mark_failed(run.id, f"no cell was drawn: {', '.join(sorted(whys))}")
         if whys == {"withheld"}:
             error = "the model's safety checker flagged every cell. Try another seed or prompt."
         await run.delivery.final(content=f"⚠️ Comparison #{run.id} failed: {error}")
-
-    def _is_forgotten_user(self, user_id: int) -> bool:
-        return (None, user_id) in self._withdrawn
 
     async def post_comparison(self, run: ComparisonRun, data: bytes) -> discord.Message | None:
         """Post the grid with its settings and the cell menu; remember the message."""
@@ -428,22 +430,7 @@ class CompareMixin:
 
         drawn = {i for i in range(run.size) if i not in run.missing}
         view = comparison_view(run.id, run.comparison, run.cell_ids, drawn=drawn)
-        if self._is_withdrawn(job):
-            return None
-        message = await delivery.final(embed=embed, uploads=[upload], view=view)
-        if message is None:
-            await self._gave_up(job, delivery.failure or "nowhere to post it")
-            return None
-        try:
-            await self.store.set_message(run.id, message.id, message.jump_url)
-        except JobNotFound:
-            log.info("comparison %s was removed while being posted; deleting the post", run.id)
-            with contextlib.suppress(discord.HTTPException):
-                await message.delete()
-            return None
-        except Exception:
-            log.exception("could not record where comparison %s was posted", run.id)
-        return message
+        return await self.publish(job, embed=embed, uploads=[upload], view=view)
 
     def comparison_embed(
         self, run: ComparisonRun, *, requester: str, notes: tuple[str, ...] = ()
@@ -506,11 +493,14 @@ class CompareMixin:
     ) -> None:
         """Show one cell privately, full size, with its own settings and a Reroll button."""
         record = await self.store.get_job(cell_id)
-        here = record is not None and (
-            record.user_id == interaction.user.id
-            or (interaction.guild_id is not None and record.guild_id == interaction.guild_id)
-        )
-        if record is None or record.compare_id != compare_id or not here or record.deleted:
+        # Whoever may reroll the cell may see it: its requester, or a member of its server who
+        # can read the channel the grid is in now.
+        if (
+            record is None
+            or record.compare_id != compare_id
+            or record.deleted
+            or not await self._may_reroll(interaction, record)
+        ):
             await answer_privately(
                 interaction, f"There is no cell #{cell_id} of this comparison here."
             )

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -240,29 +241,42 @@ class JobRunner(CompareMixin):
         request = replace(record.request, seed=new_seed, model=None)
         return await self.start(interaction, request, parent_job_id=job_id)
 
+    async def _picture_of(
+        self, interaction: discord.Interaction, job_id: int, index: int, verb: str
+    ) -> tuple[JobRecord, Path, int] | None:
+        """Picture ``index`` of a past job that this member may work from (as for a reroll):
+        the job, the picture's file and seed. Anything else is answered privately (None); an
+        upscale is the end of the line and has nothing to vary, upscale or remix."""
+        record = await self.store.get_job(job_id)
+        if record is None or not await self._may_reroll(interaction, record):
+            await answer_privately(
+                interaction, f"There is no job #{job_id} here that you can {verb}."
+            )
+            return None
+        usable = record.kind != "compare" and record.task != "upscale"
+        if not usable or not 0 <= index < len(record.images):
+            await answer_privately(
+                interaction, f"Job #{job_id} has no picture {index + 1} to {verb}."
+            )
+            return None
+        path, seed = record.images[index]
+        return record, path, seed
+
     async def vary(
         self, interaction: discord.Interaction, job_id: int, index: int, strength: float
     ) -> int | None:
         """A variation of picture ``index`` of a past job: its settings and seed, its starting
-        noise mixed with a new variation seed's at ``strength``. Who may: as for a reroll."""
-        record = await self.store.get_job(job_id)
-        if record is None or not await self._may_reroll(interaction, record):
-            await answer_privately(
-                interaction, f"There is no job #{job_id} here that you can vary."
-            )
+        noise mixed with a new variation seed's at ``strength``."""
+        found = await self._picture_of(interaction, job_id, index, "vary")
+        if found is None:
             return None
-        if record.kind == "compare" or not 0 <= index < len(record.images):
-            await answer_privately(
-                interaction, f"Job #{job_id} has no picture {index + 1} to vary."
-            )
-            return None
+        record, _path, seed = found
         if record.task != "draw":
             await answer_privately(
                 interaction,
                 "Variations are for pictures drawn from a prompt; Reroll or Remix this one.",
             )
             return None
-        _path, seed = record.images[index]
         request = replace(
             record.request,
             seed=seed,
@@ -273,6 +287,15 @@ class JobRunner(CompareMixin):
         )
         return await self.start(interaction, request, parent_job_id=job_id, kind="vary")
 
+    async def remix_form(self, interaction: discord.Interaction, job_id: int, images: int) -> None:
+        """The Remix form, pre-filled with the job's prompt: only for a member who may remix it
+        (the prompt is what a stranger must not read)."""
+        found = await self._picture_of(interaction, job_id, 0, "remix")
+        if found is not None:
+            from bot.views import RemixForm
+
+            await interaction.response.send_modal(RemixForm(job_id, images, found[0].prompt))
+
     async def remix(
         self,
         interaction: discord.Interaction,
@@ -282,23 +305,11 @@ class JobRunner(CompareMixin):
         strength: float,
     ) -> int | None:
         """Draw from picture ``index`` of a past job with a new prompt (image to image): its
-        settings, a new seed, ``strength`` of it redrawn. Who may: as for a reroll."""
-        record = await self.store.get_job(job_id)
-        if record is None or not await self._may_reroll(interaction, record):
-            await answer_privately(
-                interaction, f"There is no job #{job_id} here that you can remix."
-            )
+        settings, a new seed, ``strength`` of it redrawn."""
+        found = await self._picture_of(interaction, job_id, index, "remix")
+        if found is None:
             return None
-        if (
-            record.kind == "compare"
-            or record.task == "upscale"
-            or not 0 <= index < len(record.images)
-        ):
-            await answer_privately(
-                interaction, f"Job #{job_id} has no picture {index + 1} to remix."
-            )
-            return None
-        path, _seed = record.images[index]
+        record, path, _seed = found
         request = replace(
             record.request,
             prompt=prompt,
@@ -320,26 +331,14 @@ class JobRunner(CompareMixin):
         self, interaction: discord.Interaction, job_id: int, index: int
     ) -> int | None:
         """Picture ``index`` of a past job made 4x larger by the upscaler, through the same
-        queue, caps and fairness as a drawing. Who may: as for a reroll."""
-        record = await self.store.get_job(job_id)
-        if record is None or not await self._may_reroll(interaction, record):
-            await answer_privately(
-                interaction, f"There is no job #{job_id} here that you can upscale."
-            )
-            return None
+        queue, caps and fairness as a drawing."""
         if self.engine.upscaler is None:
             await answer_privately(interaction, "This bot has no upscaler set up.")
             return None
-        if (
-            record.kind == "compare"
-            or record.task == "upscale"
-            or not 0 <= index < len(record.images)
-        ):
-            await answer_privately(
-                interaction, f"Job #{job_id} has no picture {index + 1} to upscale."
-            )
+        found = await self._picture_of(interaction, job_id, index, "upscale")
+        if found is None:
             return None
-        path, seed = record.images[index]
+        record, path, seed = found
         request = replace(record.request, seed=seed, count=1, task="upscale", init_image=str(path))
         return await self.start(interaction, request, parent_job_id=job_id, kind="upscale")
 
@@ -671,26 +670,32 @@ class JobRunner(CompareMixin):
         )
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
+        return await self.publish(
+            job, embed=embed, uploads=uploads, view=self._result_view(job, len(uploads))
+        )
+
+    async def publish(self, job: Job, **message: Any) -> discord.Message | None:
+        """Post a finished job's message and remember where; a job withdrawn meanwhile is not
+        posted, or its post is taken back. Shared by drawings and comparison grids."""
         if self._is_withdrawn(job):
             return None
-        message = await delivery.final(
-            embed=embed, uploads=uploads, view=self._result_view(job, len(uploads))
-        )
-        if message is None:
+        delivery = job.delivery
+        posted = await delivery.final(**message)
+        if posted is None:
             await self._gave_up(job, delivery.failure or "nowhere to post it")
             return None
         try:
-            await self.store.set_message(job.id, message.id, message.jump_url)
+            await self.store.set_message(job.id, posted.id, posted.jump_url)
         except JobNotFound:
             # Purged or forgotten while it was being posted: take the post back, so nothing
             # stays up that the bot no longer knows about.
             log.info("job %s was removed while being posted; deleting the post", job.id)
             with contextlib.suppress(discord.HTTPException):
-                await message.delete()
+                await posted.delete()
             return None
         except Exception:
             log.exception("could not record where job %s was posted", job.id)
-        return message
+        return posted
 
     def _upscaled(self, request: DrawRequest) -> tuple[int, str] | None:
         upscaler = self.engine.upscaler

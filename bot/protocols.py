@@ -73,6 +73,10 @@ class Jobs(Protocol):
         self, interaction: discord.Interaction, job_id: int, index: int
     ) -> int | None: ...
 
+    async def remix_form(
+        self, interaction: discord.Interaction, job_id: int, images: int
+    ) -> None: ...
+
     async def remix(
         self,
         interaction: discord.Interaction,

@@ -197,9 +197,7 @@ class RemixButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: Easel = interaction.client  # type: ignore[assignment]
-        record = await bot.store.get_job(self.job_id)
-        prompt = record.prompt if record is not None else ""
-        await interaction.response.send_modal(RemixForm(self.job_id, self.images, prompt))
+        await bot.guarded(interaction, bot.jobs.remix_form(interaction, self.job_id, self.images))
 
 
 class RemixForm(discord.ui.Modal):
