@@ -121,6 +121,9 @@ class CompareMixin:
         ) -> str: ...
         async def _gave_up(self, job: Job, reason: str) -> None: ...
         async def publish(self, job: Job, **message: Any) -> discord.Message | None: ...
+        async def _say_queued(
+            self, delivery: Delivery, ticket: int, what: str, guild_id: int | None
+        ) -> None: ...
         async def _may_reroll(
             self, interaction: discord.Interaction, record: JobRecord
         ) -> bool: ...
@@ -184,14 +187,8 @@ class CompareMixin:
             await delivery.final(content=str(exc))
             return compare_id
         self._last_start[(interaction.guild_id, user.id)] = self._clock()
-        position = self.executor.position(cell_ids[0])
-        if position:
-            ahead = position - 1
-            waiting = f"{ahead} ahead of you" if ahead else "you're next"
-            text = f"Queued as comparison #{compare_id} ({plural(run.size, 'cell')}): {waiting}."
-            if self.executor.is_paused(interaction.guild_id):
-                text += " Drawing is paused for now; it starts when it resumes."
-            await delivery.status(text)
+        what = f"comparison #{compare_id} ({plural(run.size, 'cell')})"
+        await self._say_queued(delivery, cell_ids[0], what, interaction.guild_id)
         return compare_id
 
     async def _admit_comparison(

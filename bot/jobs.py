@@ -142,17 +142,25 @@ class JobRunner(CompareMixin):
             await delivery.final(content=str(exc))
             return job_id
         self._last_start[(interaction.guild_id, user.id)] = self._clock()
-        position = self.executor.position(job_id)
-        if position:
-            ahead = position - 1
-            waiting = f"{ahead} ahead of you" if ahead else "you're next"
-            text = f"Queued as job #{job_id}: {waiting}."
-            if self.executor.paused:
-                text += " The bot's operator has paused drawing; it starts when they resume."
-            elif self.executor.is_paused(interaction.guild_id):
-                text += " The queue is paused by the moderators; it starts when they resume it."
-            await delivery.status(text)
+        await self._say_queued(delivery, job_id, f"job #{job_id}", interaction.guild_id)
         return job_id
+
+    async def _say_queued(
+        self, delivery: Delivery, ticket: int, what: str, guild_id: int | None
+    ) -> None:
+        """ "Queued as <what>: 2 ahead of you.", and why it waits if drawing is paused; nothing
+        when it started already."""
+        position = self.executor.position(ticket)
+        if not position:
+            return
+        ahead = position - 1
+        waiting = f"{ahead} ahead of you" if ahead else "you're next"
+        text = f"Queued as {what}: {waiting}."
+        if self.executor.paused:
+            text += " The bot's operator has paused drawing; it starts when they resume."
+        elif self.executor.is_paused(guild_id):
+            text += " The queue is paused by the moderators; it starts when they resume it."
+        await delivery.status(text)
 
     async def _admit(self, interaction: discord.Interaction, request: DrawRequest) -> DrawRequest:
         """Every check a request must pass before it is queued; returns it resolved."""

@@ -92,6 +92,19 @@ async def make_bot(bot_settings):
         await shut_down(bot)
 
 
+async def until(world, condition, *, seconds: float = 60) -> None:
+    """Let the bot work until ``condition()`` holds (world.idle() would wait for paused jobs)."""
+    import asyncio
+    import time
+
+    for _ in range(int(seconds / 0.05)):
+        await world.env.settle()
+        if await condition():
+            return
+        await asyncio.to_thread(time.sleep, 0.05)  # real time: the worker thread draws
+    raise AssertionError("the bot did not get there in time")
+
+
 async def shut_down(bot) -> None:
     """What bot.close() would do; SimCord never calls it."""
     import asyncio

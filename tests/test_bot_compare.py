@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 
 import discord
 import numpy as np
@@ -13,7 +11,7 @@ from PIL import Image
 from bot.comparisons import comparison_of
 from pipeline.grid import grid_layout
 from pipeline.pngmeta import read_parameters, request_from_parameters
-from tests.conftest import shut_down
+from tests.conftest import shut_down, until
 
 
 def fields(message) -> dict[str, str]:
@@ -23,16 +21,6 @@ def fields(message) -> dict[str, str]:
 async def pixels(attachment) -> np.ndarray:
     with Image.open(io.BytesIO(await attachment.read())) as image:
         return np.asarray(image.convert("RGB"))
-
-
-async def until(world, condition, *, seconds: float = 60) -> None:
-    """Let the bot work until ``condition()`` holds (world.idle() would wait for paused jobs)."""
-    for _ in range(int(seconds / 0.05)):
-        await world.env.settle()
-        if await condition():
-            return
-        await asyncio.to_thread(time.sleep, 0.05)  # real time: the worker thread draws
-    raise AssertionError("the bot did not get there in time")
 
 
 def pause_after_first_batch(executor) -> list[list[int]]:

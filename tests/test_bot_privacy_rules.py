@@ -6,27 +6,15 @@ operator-only global one, and user text that can't become markdown or links.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 
 import discord
 
-from tests.conftest import shut_down
+from tests.conftest import shut_down, until
 
 
 def posted(channel) -> list:
     return [m for m in channel.history() if m.embeds]
-
-
-async def until(world, condition, *, seconds: float = 60) -> None:
-    """Let the bot work until ``condition()`` holds (world.idle() would wait for paused jobs)."""
-    for _ in range(int(seconds / 0.05)):
-        await world.env.settle()
-        if await condition():
-            return
-        await asyncio.to_thread(time.sleep, 0.05)  # real time: the worker thread draws
-    raise AssertionError("the bot did not get there in time")
 
 
 async def draw(world, member, channel=None, **options):

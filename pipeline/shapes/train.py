@@ -11,17 +11,13 @@ that never stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ from pipeline.shapes.model import (
     build_unet,
     build_vae,
 )
+from pipeline.shapes.training import Bar, Budget, lr_at, run_cli, save_atomic, save_pipeline
 
 
 @dataclass(frozen=True)
@@ -56,37 +53,6 @@ class TrainConfig:
     snr_gamma: float = 5.0
     checkpoint_every: int = 200
     threads: int = 2
-
-
-def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class _Bar:
-    """A tqdm bar, or nothing when progress is off (tests)."""
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")
-
-    def update(self, loss: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def train(
@@ -144,7 +110,7 @@ def _train(
     attributes = [s.attributes for s in picked]
 
     # 2. Autoencoder.
-    budget = _Budget(stop_after)
+    budget = Budget(stop_after)
     # Initial weights come from the global generator: seed it, or no two runs would agree.
     torch.manual_seed(config.seed)
     vae = build_vae()
@@ -185,23 +151,8 @@ def _train(
     return summary
 
 
-class _Budget:
-    """Counts the steps of this run, across phases, for ``stop_after``."""
-
-    def __init__(self, steps: int | None) -> None:
-        self.left = steps
-
-    @property
-    def spent(self) -> bool:
-        return self.left is not None and self.left <= 0
-
-    def take(self) -> None:
-        if self.left is not None:
-            self.left -= 1
-
-
 def _train_vae(
-    vae: Any, pixels: Any, config: TrainConfig, ckpt: Path, progress: bool, budget: _Budget
+    vae: Any, pixels: Any, config: TrainConfig, ckpt: Path, progress: bool, budget: Budget
 ) -> tuple[float, bool]:
     """Train (or resume) the autoencoder; returns the running loss and whether it is done."""
     import torch
@@ -214,13 +165,13 @@ def _train_vae(
         optimizer.load_state_dict(state["optimizer"])
         step, loss_avg = state["step"], state["loss"]
     vae.train()
-    bar = _Bar(config.vae_steps, step, "autoencoder", progress)
+    bar = Bar(config.vae_steps, step, "autoencoder", progress)
     while step < config.vae_steps and not budget.spent:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         index = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
         x = _scaled(pixels[index])
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config.vae_steps, config.vae_lr, config.warmup)
+            group["lr"] = lr_at(step, config.vae_steps, config.vae_lr, config.warmup)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=gen, dtype=posterior.mean.dtype
@@ -238,7 +189,7 @@ def _train_vae(
         budget.take()
         if step % config.checkpoint_every == 0 or step == config.vae_steps or budget.spent:
             state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict()}
-            _save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
+            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
     bar.close()
     vae.eval()
     return loss_avg, step >= config.vae_steps
@@ -266,7 +217,7 @@ def _train_unet(
     config: TrainConfig,
     ckpt: Path,
     progress: bool,
-    budget: _Budget,
+    budget: Budget,
 ) -> tuple[float, bool]:
     """Train (or resume) the UNet and text encoder; returns the running loss and whether done."""
     import copy
@@ -293,7 +244,7 @@ def _train_unet(
     unet.train()
     text_encoder.train()
     pairs = list(zip([*ema_unet.parameters(), *ema_text.parameters()], params, strict=True))
-    bar = _Bar(config.unet_steps, step, "unet", progress)
+    bar = Bar(config.unet_steps, step, "unet", progress)
     while step < config.unet_steps and not budget.spent:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 500_000 + step)
         rng = random.Random(config.seed * 1_000_003 + 500_000 + step)
@@ -316,7 +267,7 @@ def _train_unet(
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config.unet_steps, config.lr, config.warmup)
+            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v, the velocity
         loss = ((pred - target).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
@@ -341,7 +292,7 @@ def _train_unet(
                 "ema_text": ema_text.state_dict(),
                 "optimizer": optimizer.state_dict(),
             }
-            _save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
+            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
     bar.close()
     # The exported model is the moving average: smoother and better than the last step's weights.
     unet.load_state_dict(ema_unet.state_dict())
@@ -367,54 +318,21 @@ def _export(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".shapes-", dir=out.parent))
-    try:
-        pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_pipeline(pipe, out, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """The command line: train with the defaults (or the flags given) and export."""
+    return run_cli(
+        argv,
         prog="python -m pipeline.shapes.train",
         description="Train the built-in tiny:shapes model on procedural pictures. Resumes from "
         "the checkpoints in --work when stopped; delete that folder to start over.",
+        out=WEIGHTS_DIR,
+        work=Path(".cache/shapes-train"),
+        config_type=TrainConfig,
+        train=train,
     )
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where to save the model")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path(".cache/shapes-train"),
-        help="checkpoints, for resuming (default: .cache/shapes-train)",
-    )
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(getattr(defaults, f.name)),
-            default=getattr(defaults, f.name),
-            help=f"(default: {getattr(defaults, f.name)})",
-        )
-    parser.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        metavar="STEPS",
-        help="stop (checkpointed) after this many steps; run again to resume",
-    )
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    try:
-        train(config, args.out, args.work, stop_after=args.stop_after)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,22 +13,19 @@ limit is 15), 20 minutes of CPU time on 2 threads; the run is the same bits each
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.shapes.training import Bar, Budget, lr_at, run_cli, save_atomic, save_pipeline
 from pipeline.shapes_x4 import data
 from pipeline.shapes_x4.model import (
     CODEBOOK_SIZE,
@@ -78,52 +75,6 @@ class TrainConfig:
     edge_share: float = 0.75
     checkpoint_every: int = 100
     threads: int = 2
-
-
-def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class _Bar:
-    """A tqdm bar, or nothing when progress is off (tests)."""
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="step")
-
-    def update(self, loss: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class _Budget:
-    """Counts the steps of this run, across phases, for ``stop_after``."""
-
-    def __init__(self, steps: int | None) -> None:
-        self.left = steps
-
-    @property
-    def spent(self) -> bool:
-        return self.left is not None and self.left <= 0
-
-    def take(self) -> None:
-        if self.left is not None:
-            self.left -= 1
 
 
 class _Pictures:
@@ -239,7 +190,7 @@ def _train(
     torch.manual_seed(config.seed)
     vqvae, unet = build_vqvae(config.codebook), build_unet()
     pins = init_copy_paths(vqvae, unet)
-    budget = _Budget(stop_after)
+    budget = Budget(stop_after)
 
     # 2. Autoencoder.
     ae_loss, finished = _train_autoencoder(vqvae, pins, pictures, config, work / "vqvae.pt",
@@ -329,7 +280,7 @@ def _train_autoencoder(
     config: TrainConfig,
     ckpt: Path,
     progress: bool,
-    budget: _Budget,
+    budget: Budget,
 ) -> tuple[float, bool]:
     """Train (or resume) the VQ autoencoder; returns the running loss and whether it is done."""
     import torch
@@ -346,7 +297,7 @@ def _train_autoencoder(
         step, loss_avg = state["step"], state["loss"]
     switch = config.ae_steps - config.ae_quantized_steps
     vqvae.train()
-    bar = _Bar(config.ae_steps, step, "autoencoder", progress)
+    bar = Bar(config.ae_steps, step, "autoencoder", progress)
     crop = config.ae_crop // SCALE
     while step < config.ae_steps and not budget.spent:
         if step == switch:
@@ -358,7 +309,7 @@ def _train_autoencoder(
         high = _scaled(pictures.crop_high(index, corners, crop))
         low = _scaled(pictures.crop_low(index, corners, crop))
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config.ae_steps, config.ae_lr, config.warmup)
+            group["lr"] = lr_at(step, config.ae_steps, config.ae_lr, config.warmup)
         z = vqvae.encode(high).latents
         if step >= switch:
             decoded = vqvae.decode(z).sample  # quantized, gradients straight through
@@ -381,7 +332,7 @@ def _train_autoencoder(
         budget.take()
         if step % config.checkpoint_every == 0 or step in (switch, config.ae_steps) or budget.spent:
             state = {"model": vqvae.state_dict(), "optimizer": optimizer.state_dict()}
-            _save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
+            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
     bar.close()
     if step == switch == config.ae_steps:  # no quantized steps asked for: codes still needed
         vqvae.quantize.embedding.weight.data.copy_(_codebook(vqvae, pictures, config))
@@ -397,7 +348,7 @@ def _train_unet(
     config: TrainConfig,
     ckpt: Path,
     progress: bool,
-    budget: _Budget,
+    budget: Budget,
 ) -> tuple[float, bool]:
     """Train (or resume) the UNet; returns the running loss and whether it is done."""
     import copy
@@ -416,7 +367,7 @@ def _train_unet(
         step, loss_avg = state["step"], state["loss"]
     unet.train()
     pairs = list(zip(ema.parameters(), unet.parameters(), strict=True))
-    bar = _Bar(config.unet_steps, step, "unet", progress)
+    bar = Bar(config.unet_steps, step, "unet", progress)
     crop = config.crop
     while step < config.unet_steps and not budget.spent:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 500_000 + step)
@@ -431,7 +382,7 @@ def _train_unet(
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config.unet_steps, config.lr, config.warmup)
+            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup)
         # The scheduler predicts the clean latent ("sample"): the loss is on it directly.
         pred = unet(torch.cat([noisy, low], dim=1), t).sample
         loss = (pred - x0).pow(2).mean() + (pred - x0).abs().mean()
@@ -452,7 +403,7 @@ def _train_unet(
         if step % config.checkpoint_every == 0 or step == config.unet_steps or budget.spent:
             state = {"unet": unet.state_dict(), "ema": ema.state_dict(),
                      "optimizer": optimizer.state_dict()}  # fmt: skip
-            _save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
+            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
     bar.close()
     # The exported UNet is the moving average; pinned entries are the same in both.
     unet.load_state_dict(ema.state_dict())
@@ -464,55 +415,21 @@ def _export(vqvae: Any, unet: Any, out: Path, summary: dict[str, Any]) -> None:
     from diffusers import LDMSuperResolutionPipeline
 
     pipe: Any = LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=build_scheduler())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".shapes-x4-", dir=out.parent))
-    try:
-        pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_pipeline(pipe, out, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: train with the defaults (or the flags given) and export."""
-    parser = argparse.ArgumentParser(
+    return run_cli(
+        argv,
         prog="python -m pipeline.shapes_x4.train",
         description="Train the built-in tiny:shapes-x4 upscaler on procedural pictures. Resumes "
         "from the checkpoints in --work when stopped; delete that folder to start over.",
+        out=WEIGHTS_DIR,
+        work=Path(".cache/shapes-x4-train"),
+        config_type=TrainConfig,
+        train=train,
     )
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where to save the model")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path(".cache/shapes-x4-train"),
-        help="checkpoints, for resuming (default: .cache/shapes-x4-train)",
-    )
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(getattr(defaults, f.name)),
-            default=getattr(defaults, f.name),
-            help=f"(default: {getattr(defaults, f.name)})",
-        )
-    parser.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        metavar="STEPS",
-        help="stop (checkpointed) after this many steps; run again to resume",
-    )
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    try:
-        train(config, args.out, args.work, stop_after=args.stop_after)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
