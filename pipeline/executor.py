@@ -138,8 +138,11 @@ class Executor:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._closing = False
-            self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
-            self._thread.start()
+            self._spawn_locked()
+
+    def _spawn_locked(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
+        self._thread.start()
 
     def close(self, timeout: float | None = 30) -> None:
         """Stop the worker and join it; the running batch stops at its next step.
@@ -399,10 +402,10 @@ class Executor:
                             JobOutcome(job.ticket, job.user_id, "failed", job.request, error=exc),
                         )
                 self._running = []
-                closing = self._closing
-            if not closing:
-                self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
-                self._thread.start()
+                if not self._closing:
+                    # Under the lock: a start() from the loop must see the replacement already
+                    # alive, or it starts a second worker and two batches share the pipeline.
+                    self._spawn_locked()
 
     def _has_runnable(self) -> bool:
         if not self._paused_groups:

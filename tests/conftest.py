@@ -144,3 +144,25 @@ class World:
 @pytest.fixture
 def world(simcord_env) -> World:
     return World(simcord_env)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_gpu_worker():
+    """Fail a test that leaves a GPU worker thread running: later tests share its engine."""
+    import threading
+
+    before = {t for t in threading.enumerate() if t.name == "easel-gpu"}
+    yield
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t.name == "easel-gpu" and t not in before and t.is_alive()
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"a GPU worker thread outlived the test: {leaked}"

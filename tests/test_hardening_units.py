@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -220,6 +221,67 @@ async def test_a_worker_that_dies_inside_a_batch_fails_each_job_once(sd_engine) 
     await ex.wait_idle()
     assert [o.status for o in outcomes if o.ticket in more] == ["done", "done"]
     ex.close()
+
+
+async def test_a_restarted_worker_is_the_only_worker(sd_engine, monkeypatch) -> None:
+    # A submit() racing the dying worker's replacement used to start a second worker, and two
+    # batches then drew on the same pipeline at once (each other's sampler, failed pictures).
+    # Starting a thread is slowed so the race happens every time instead of once in a while.
+    import pipeline.executor as executor_module
+
+    class SlowToStart(threading.Thread):
+        def start(self) -> None:
+            threading.Event().wait(0.3)
+            super().start()
+
+    slowed = types.SimpleNamespace(**{**vars(threading), "Thread": SlowToStart})
+    monkeypatch.setattr(executor_module, "threading", slowed)
+    inside, overlaps = 0, 0
+    count = threading.Lock()
+
+    class DiesOnce:
+        capabilities = sd_engine.capabilities
+        broken = True
+
+        def resolve(self, request):
+            return sd_engine.resolve(request)
+
+        def run_batch(self, requests, on_step=None):
+            nonlocal inside, overlaps
+            if self.broken:
+                self.broken = False
+                raise WorkerKilled
+            with count:
+                inside += 1
+                overlaps += inside > 1
+            try:
+                threading.Event().wait(0.2)  # long enough for a second worker to join in
+                return sd_engine.run_batch(requests, on_step=on_step)
+            finally:
+                with count:
+                    inside -= 1
+
+    ex = Executor(DiesOnce(), max_batch=1)
+    outcomes: list[JobOutcome] = []
+    first_failed = asyncio.Event()
+
+    async def on_done(outcome: JobOutcome) -> None:
+        outcomes.append(outcome)
+        first_failed.set()
+
+    req = DrawRequest("a cat", steps=2, seed=1, sampler="pndm", guidance=6)
+    try:
+        ex.submit(req, user_id=1, on_done=on_done)
+        await asyncio.wait_for(first_failed.wait(), 60)
+        # The old worker is now between failing its batch and starting its replacement.
+        later = [ex.submit(req, user_id=u, on_done=on_done) for u in (2, 3, 4)]
+        await ex.wait_idle()
+        workers = [t for t in threading.enumerate() if t.name == "easel-gpu" and t.is_alive()]
+        assert len(workers) == 1
+        assert overlaps == 0
+        assert [o.status for o in outcomes if o.ticket in later] == ["done"] * 3
+    finally:
+        ex.close()
 
 
 async def test_a_paused_group_waits_while_others_run(sd_engine) -> None:
