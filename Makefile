@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench train-shapes train-shapes-x4 clean
+.PHONY: install run test lint format messages bench train-shapes train-shapes-x4 clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# Extract every user-facing string into bot/locales/messages.pot and merge it into each
+# catalogue; then translate the new entries (msgstr "") in bot/locales/*/LC_MESSAGES/messages.po.
+messages: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg --no-location --sort-output --omit-header \
+		-k _ -k N_ -k ngettext:1,2 -k locale_str -o bot/locales/messages.pot .
+	$(VENV)/bin/pybabel update -i bot/locales/messages.pot -d bot/locales -D messages \
+		--no-fuzzy-matching --ignore-obsolete
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
