@@ -15,6 +15,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import i18n
+from bot.i18n import N_, _
 from bot.jobs import JobRunner
 from bot.replies import answer_privately
 from bot.settings import Settings
@@ -40,11 +42,17 @@ COGS = (
     "bot.cogs.privacy",
 )
 COMMAND_HASH_KEY = "command_hash"
-GENERIC_ERROR = "Sorry, something went wrong on our side. It has been logged; please try again."
+GENERIC_ERROR = N_("Sorry, something went wrong on our side. It has been logged; please try again.")
 
 
 class EaselTree(app_commands.CommandTree):
-    """Maps every error from a slash command to one polite ephemeral answer."""
+    """Maps every error from a slash command to one polite ephemeral answer, in the member's
+    language: every command (and its autocomplete) runs in the member's locale."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # Runs in the task that then runs the command: the locale holds for all of it.
+        i18n.enter(interaction)
+        return True
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -93,6 +101,8 @@ class EaselBot(commands.Bot):
 
         s = self.settings
         await self.store.open()
+        # Before any sync: the synced commands carry their zh-CN names and descriptions.
+        await self.tree.set_translator(i18n.Translator())
         if self.sync_only:  # `python -m bot sync`: no model, no queue
             for cog in COGS:
                 await self.load_extension(cog)
@@ -150,9 +160,15 @@ class EaselBot(commands.Bot):
 
     # -- commands ------------------------------------------------------------------------
 
-    def command_hash(self) -> str:
-        """A fingerprint of the slash commands as Discord would receive them."""
-        payload = [c.to_dict(self.tree) for c in self.tree.get_commands()]
+    async def command_hash(self) -> str:
+        """A fingerprint of the slash commands as Discord would receive them, translations
+        included (a changed catalogue is synced again)."""
+        translator = self.tree.translator
+        commands = self.tree.get_commands()
+        if translator is None:
+            payload = [c.to_dict(self.tree) for c in commands]
+        else:
+            payload = [await c.get_translated_payload(self.tree, translator) for c in commands]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     async def sync_commands(self, *, force: bool) -> bool:
@@ -160,7 +176,7 @@ class EaselBot(commands.Bot):
 
         Discord limits command creation per day, so an unchanged set is never re-sent.
         """
-        digest = self.command_hash()
+        digest = await self.command_hash()
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
         key = f"{COMMAND_HASH_KEY}:{self.settings.dev_guild_id or 'global'}"
         if not force and await self.store.get_meta(key) == digest:
@@ -195,21 +211,25 @@ class EaselBot(commands.Bot):
             await self.report_error(interaction, exc)
 
     async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
-        """Tell the user what went wrong, politely and privately; log what we didn't expect."""
+        """Tell the user what went wrong, politely and privately, in their language; log what
+        we didn't expect."""
         original = getattr(error, "original", error)
+        # An error raised before any interaction_check ran (a transformer) still answers in
+        # the member's language.
+        i18n.enter(interaction)
         if isinstance(original, EaselError):
-            message = str(original)
+            message = original.localized()
         elif isinstance(original, StoreBusy):
-            message = "The bot is very busy right now; please try again in a moment."
+            message = _("The bot is very busy right now; please try again in a moment.")
         elif isinstance(error, app_commands.MissingPermissions):
             if "manage_guild" in error.missing_permissions:
-                message = "Only members with the Manage Server permission can use this."
+                message = _("Only members with the Manage Server permission can use this.")
             else:
-                message = "Only moderators (members with Manage Messages) can use this."
+                message = _("Only moderators (members with Manage Messages) can use this.")
         elif isinstance(error, app_commands.NoPrivateMessage):
-            message = "This command only works in a server."
+            message = _("This command only works in a server.")
         elif isinstance(error, app_commands.CheckFailure):
-            message = "You can't use this command here."
+            message = _("You can't use this command here.")
         else:
             command = interaction.command.qualified_name if interaction.command else "a button"
             log.error(
@@ -219,7 +239,7 @@ class EaselBot(commands.Bot):
                 interaction.extras.get("job_id"),
                 exc_info=original,
             )
-            message = GENERIC_ERROR
+            message = _(GENERIC_ERROR)
         await answer_privately(interaction, message)
 
 

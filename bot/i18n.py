@@ -32,6 +32,24 @@ from babel.numbers import format_decimal
 from babel.support import Translations
 from discord import app_commands
 
+from pipeline import messages
+from pipeline.messages import Message, localized
+
+__all__ = [
+    "N_",
+    "Message",
+    "Translator",
+    "_",
+    "enter",
+    "in_locale",
+    "localize",
+    "ngettext",
+    "number",
+    "private_locale",
+    "public_locale",
+    "when",
+]
+
 LOCALES_DIR = Path(__file__).with_name("locales")
 DOMAIN = "messages"
 DEFAULT = "en-US"
@@ -95,8 +113,11 @@ def private_locale(interaction: discord.Interaction) -> str:
 def public_locale(
     interaction: discord.Interaction | None = None, guild: discord.abc.Snowflake | None = None
 ) -> str:
-    """The language of posts everyone in the channel sees: the server's, else en-US."""
-    if interaction is not None and interaction.guild_id is not None:
+    """The language of posts everyone in the channel sees: the server's (the interaction's
+    ``guild_locale``, else ``guild.preferred_locale``); in DMs the member's; else en-US."""
+    if interaction is not None:
+        if interaction.guild_id is None:
+            return private_locale(interaction)  # a DM is seen by its member only
         return normalize(interaction.guild_locale)
     preferred = getattr(guild, "preferred_locale", None)
     return normalize(preferred)
@@ -114,21 +135,46 @@ def N_(message: str) -> str:
     return message
 
 
+def _values(params: dict[str, Any]) -> dict[str, Any]:
+    # A value that is a message itself (an error's reason, a note) is shown in the same language.
+    return {k: localized(v) if hasattr(v, "localized") else v for k, v in params.items()}
+
+
 def _(message: str, /, **params: Any) -> str:
     """``message`` in the current locale, its ``{placeholders}`` filled from ``params``."""
     translations = catalogue(_current.get())
     text = translations.gettext(message) if translations is not None else message
-    return text.format(**params) if params else text
+    return text.format(**_values(params)) if params else text
 
 
 def ngettext(singular: str, plural: str, n: int, /, **params: Any) -> str:
     """The singular or plural form for ``n`` in the current locale; ``{n}`` is ``n``."""
+    return _plural(singular, plural, n).format(n=number(n), **_values(params))
+
+
+def _plural(singular: str, plural: str, n: int) -> str:
     translations = catalogue(_current.get())
     if translations is not None:
-        text = translations.ngettext(singular, plural, n)
-    else:
-        text = singular if n == 1 else plural
-    return text.format(n=number(n), **params)
+        return translations.ngettext(singular, plural, n)
+    return singular if n == 1 else plural
+
+
+def _lookup(msgid: str, plural: str | None, n: int | None) -> str:
+    """How ``pipeline.messages`` translates a ``Message`` when it is shown."""
+    if plural is not None:
+        return _plural(msgid, plural, n if n is not None else 1)
+    translations = catalogue(_current.get())
+    return translations.gettext(msgid) if translations is not None else msgid
+
+
+# Messages made in pipeline/ (refusals, notes) translate through this module's catalogues.
+messages.set_translator(_lookup)
+
+
+def localize(value: Any) -> str:
+    """A ``Message`` or an ``EaselError`` in the current locale; any other text as it is (user
+    text is never looked up)."""
+    return localized(value)
 
 
 def translate(message: str, locale: str, /, **params: Any) -> str:

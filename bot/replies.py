@@ -6,15 +6,20 @@ import logging
 
 import discord
 
+from bot.i18n import localize
+
 log = logging.getLogger(__name__)
 
 
-async def answer_privately(interaction: discord.Interaction, message: str) -> None:
+async def answer_privately(interaction: discord.Interaction, message: str | BaseException) -> None:
     """Answer ``interaction`` with an ephemeral ``message``, whatever state it is in.
 
-    A public "thinking…" placeholder is replaced rather than left spinning. A message over
+    ``message`` is shown in the current locale (the member's, once ``i18n.enter`` ran): a
+    translated text, or an ``EaselError`` or ``Message`` (``str(refusal)`` is one), translated
+    here. A public "thinking…" placeholder is replaced rather than left spinning. A message over
     Discord's 2000 characters is cut rather than refused.
     """
+    message = localize(message)
     if len(message) > 2000:
         message = message[:1999] + "…"
     try:

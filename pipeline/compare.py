@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.errors import BadCompareValue
+from pipeline.messages import N_, Message
 from pipeline.pngmeta import format_parameters, quote_value
 from pipeline.request import DrawRequest
 from pipeline.samplers import SAMPLERS, sampler_label
@@ -35,8 +36,13 @@ _TYPE_NAMES = {
     "eta": "Eta",
     "sampler": "Sampler",
 }
-# What people read in a label, before the value.
-_LABEL_NAMES = {"steps": "Steps", "guidance": "Guidance", "eta": "Eta", "sampler": "Sampler"}
+# What people read in a label, before the value (translated where the grid is shown).
+_LABEL_NAMES = {
+    "steps": Message(N_("Steps")),
+    "guidance": Message(N_("Guidance")),
+    "eta": Message(N_("Eta")),
+    "sampler": Message(N_("Sampler")),
+}
 # Examples in refusals, in each option's own range.
 _EXAMPLES = {
     "steps": ('"20, 50"', '"10-50 (+10)"', '"10-50 [5]"'),
@@ -59,13 +65,16 @@ _NAME_KEY = re.compile(r"[\s_\-]+")
 _replace_request = replace
 
 
-def _how_to_write(option: str) -> str:
+def _how_to_write(option: str) -> Message:
     one, step, count = _EXAMPLES.get(option, _DEFAULT_EXAMPLES)
-    return (
-        f"Write one value or a list like {one} or a range like {step} or {count}."
-        if option in _EXAMPLES
-        else f"Write one value or a list like {one}."
-    )
+    if option in _EXAMPLES:
+        return Message(
+            N_("Write one value or a list like {one} or a range like {step} or {count}."),
+            one=one,
+            step=step,
+            count=count,
+        )
+    return Message(N_("Write one value or a list like {one}."), one=one)
 
 
 def _echo(text: str, limit: int = 80) -> str:
@@ -73,8 +82,12 @@ def _echo(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _refuse(option: str, item: str, problem: str) -> BadCompareValue:
-    return BadCompareValue(f'{option}: "{_echo(item)}" {problem} {_how_to_write(option)}')
+def _refuse(option: str, item: str, message: str, **params: Any) -> BadCompareValue:
+    """``message`` (a whole sentence with ``{option}``, ``{item}`` and ``{how}``) about one
+    item of an option, and how to write the option."""
+    return BadCompareValue(
+        message, option=option, item=_echo(item), how=_how_to_write(option), **params
+    )
 
 
 def _fmt(value: float) -> str:
@@ -93,10 +106,15 @@ def _expand(option: str, item: str, integer: bool) -> list[float]:
     if match is None:
         if not item.strip():
             raise BadCompareValue(
-                f"{option}: there is an empty item between commas. {_how_to_write(option)}"
+                N_("{option}: there is an empty item between commas. {how}"),
+                option=option,
+                how=_how_to_write(option),
             )
-        what = "a number or a range" if re.search(r"[-(\[]", item.strip()[1:]) else "a number"
-        raise _refuse(option, item.strip(), f"is not {what}.")
+        if re.search(r"[-(\[]", item.strip()[1:]):
+            raise _refuse(
+                option, item.strip(), N_('{option}: "{item}" is not a number or a range. {how}')
+            )
+        raise _refuse(option, item.strip(), N_('{option}: "{item}" is not a number. {how}'))
     item = item.strip()
     start = float(match["start"])
     if match["end"] is None:
@@ -105,9 +123,22 @@ def _expand(option: str, item: str, integer: bool) -> list[float]:
     if match["count"] is not None:
         count = int(match["count"])
         if count < 1:
-            raise _refuse(option, item, "asks for a count below 1; the count in [ ] is how many.")
+            raise _refuse(
+                option,
+                item,
+                N_(
+                    '{option}: "{item}" asks for a count below 1; the count in [ ] is how '
+                    "many. {how}"
+                ),
+            )
         if count > MAX_VALUES:
-            raise _refuse(option, item, f"asks for {count} values; at most {MAX_VALUES} fit.")
+            raise _refuse(
+                option,
+                item,
+                N_('{option}: "{item}" asks for {count} values; at most {max} fit. {how}'),
+                count=count,
+                max=MAX_VALUES,
+            )
         if count == 1:
             return [start]
         values = [start + (end - start) * i / (count - 1) for i in range(count)]
@@ -117,8 +148,13 @@ def _expand(option: str, item: str, integer: bool) -> list[float]:
                 raise _refuse(
                     option,
                     item,
-                    f"asks for {count} values but fewer whole numbers lie between "
-                    f"{_fmt(start)} and {_fmt(end)}.",
+                    N_(
+                        '{option}: "{item}" asks for {count} values but fewer whole numbers lie '
+                        "between {start} and {end}. {how}"
+                    ),
+                    count=count,
+                    start=_fmt(start),
+                    end=_fmt(end),
                 )
         return values
     direction = 1.0 if end >= start else -1.0
@@ -127,20 +163,35 @@ def _expand(option: str, item: str, integer: bool) -> list[float]:
     else:
         step = float(match["step"])
         if step == 0:
-            raise _refuse(option, item, "has a step of 0, which never reaches the end.")
+            raise _refuse(
+                option,
+                item,
+                N_('{option}: "{item}" has a step of 0, which never reaches the end. {how}'),
+            )
         if not match["step"].lstrip().startswith(("+", "-")):
             step = abs(step) * direction  # an unsigned step goes the way the range goes
         elif start != end and step * direction < 0:
             raise _refuse(
                 option,
                 item,
-                f"counts from {_fmt(start)} to {_fmt(end)} with a step of {_fmt(step)}, "
-                "which goes the other way.",
+                N_(
+                    '{option}: "{item}" counts from {start} to {end} with a step of {step}, '
+                    "which goes the other way. {how}"
+                ),
+                start=_fmt(start),
+                end=_fmt(end),
+                step=_fmt(step),
             )
     # The end counts only where a step lands on it (within float rounding).
     n = math.floor((end - start) / step + 1e-9) + 1 if start != end else 1
     if n > MAX_VALUES:
-        raise _refuse(option, item, f"gives {n} values; at most {MAX_VALUES} fit.")
+        raise _refuse(
+            option,
+            item,
+            N_('{option}: "{item}" gives {count} values; at most {max} fit. {how}'),
+            count=n,
+            max=MAX_VALUES,
+        )
     return [start + i * step for i in range(n)]
 
 
@@ -150,19 +201,32 @@ def parse_numbers(text: str, *, option: str, integer: bool) -> list[int] | list[
     Range checks (1-150 steps, ...) are the caller's, cell by cell, exactly as /draw does them.
     """
     if not text or not text.strip():
-        raise BadCompareValue(f"{option}: the value is empty. {_how_to_write(option)}")
+        raise BadCompareValue(
+            N_("{option}: the value is empty. {how}"), option=option, how=_how_to_write(option)
+        )
     values: list[float] = []
     for item in text.split(","):
         for value in _expand(option, item, integer):
             value = _round(value)
             if integer and value != int(value):
-                raise _refuse(option, item.strip(), f"gives {_fmt(value)}, not a whole number.")
+                raise _refuse(
+                    option,
+                    item.strip(),
+                    N_('{option}: "{item}" gives {value}, not a whole number. {how}'),
+                    value=_fmt(value),
+                )
             if value in values:
-                raise BadCompareValue(f"{option} lists {_fmt(value)} twice; give each value once.")
+                raise BadCompareValue(
+                    N_("{option} lists {value} twice; give each value once."),
+                    option=option,
+                    value=_fmt(value),
+                )
             values.append(value)
             if len(values) > MAX_VALUES:
                 raise BadCompareValue(
-                    f"{option}: that is more than {MAX_VALUES} values; give fewer."
+                    N_("{option}: that is more than {max} values; give fewer."),
+                    option=option,
+                    max=MAX_VALUES,
                 )
     if integer:
         return [int(v) for v in values]
@@ -188,21 +252,29 @@ def parse_samplers(text: str, available: Sequence[str]) -> list[str]:
         name = item.strip()
         if not name:
             raise BadCompareValue(
-                "sampler: give a comma list of samplers, like "
-                f'"DDIM, DPM++ 2M", without empty items. This model can use: {names}.'
+                N_(
+                    'sampler: give a comma list of samplers, like "DDIM, DPM++ 2M", without '
+                    "empty items. This model can use: {names}."
+                ),
+                names=names,
             )
         sid = _SAMPLER_KEYS.get(_sampler_key(name))
         if sid is None:
             raise BadCompareValue(
-                f'sampler: "{_echo(name)}" is not a sampler. This model can use: {names}.'
+                N_('sampler: "{name}" is not a sampler. This model can use: {names}.'),
+                name=_echo(name),
+                names=names,
             )
         if sid not in available:
             raise BadCompareValue(
-                f"sampler: {sampler_label(sid)} can't be used with this model. It can use: {names}."
+                N_("sampler: {sampler} can't be used with this model. It can use: {names}."),
+                sampler=sampler_label(sid),
+                names=names,
             )
         if sid in found:
             raise BadCompareValue(
-                f"sampler lists {sampler_label(sid)} twice; give each sampler once."
+                N_("sampler lists {sampler} twice; give each sampler once."),
+                sampler=sampler_label(sid),
             )
         found.append(sid)
     return found
@@ -218,27 +290,39 @@ def parse_replace(text: str, prompt: str) -> list[str]:
         rows = list(csv.reader(io.StringIO(text or ""), skipinitialspace=True))
     except csv.Error as exc:
         raise BadCompareValue(
-            f'replace: "{_echo(text)}" can\'t be read as a comma list ({exc}). '
-            'Write the words to replace first, then their replacements: "painting, photo".'
+            N_(
+                'replace: "{text}" can\'t be read as a comma list ({error}). Write the words to '
+                'replace first, then their replacements: "painting, photo".'
+            ),
+            text=_echo(text),
+            error=str(exc),
         ) from None
     items = [item.strip() for row in rows for item in row]
     if not items or not items[0]:
         raise BadCompareValue(
-            "replace: the first item is empty. Write words from the prompt first, then what "
-            'to put in their place: "painting, photo".'
+            N_(
+                "replace: the first item is empty. Write words from the prompt first, then what "
+                'to put in their place: "painting, photo".'
+            )
         )
     first = items[0]
     if first not in prompt:
         raise BadCompareValue(
-            f'replace: the first item, "{_echo(first)}", must appear in the prompt; each cell puts '
-            "one of the items in its place. Start the list with words copied from the prompt "
-            "(capitals count)."
+            N_(
+                'replace: the first item, "{first}", must appear in the prompt; each cell puts '
+                "one of the items in its place. Start the list with words copied from the "
+                "prompt (capitals count)."
+            ),
+            first=_echo(first),
         )
     seen: set[str] = set()
     for item in items:
         if item in seen:
-            shown = f'"{_echo(item)}"' if item else "an empty item"
-            raise BadCompareValue(f"replace lists {shown} twice; give each item once.")
+            if not item:
+                raise BadCompareValue(N_("replace lists an empty item twice; give each item once."))
+            raise BadCompareValue(
+                N_('replace lists "{item}" twice; give each item once.'), item=_echo(item)
+            )
         seen.add(item)
     return items
 
@@ -262,13 +346,25 @@ class Axis:
         """A1111's X/Y/Z type name: ``Steps``, ``CFG Scale``, ``Prompt S/R``, ..."""
         return _TYPE_NAMES[self.name]
 
-    def label(self, i: int) -> str:
-        """What people read beside row, column or sub-grid ``i``: ``Steps: 50``, the words."""
+    @property
+    def title(self) -> Message | None:
+        """What the setting is called where people read it (``Steps``); None for replace."""
+        return _LABEL_NAMES.get(self.name)
+
+    def shown(self, i: int) -> str:
+        """Value ``i`` as people read it: ``50``, ``DPM++ 2M``, the words, ``(left out)``."""
         value = self.values[i]
         if self.name == "replace":
-            return value if value else "(left out)"
-        shown = sampler_label(value) if self.name == "sampler" else _fmt(value)
-        return f"{_LABEL_NAMES[self.name]}: {shown}"
+            return value if value else Message(N_("(left out)"))
+        return sampler_label(value) if self.name == "sampler" else _fmt(value)
+
+    def label(self, i: int) -> str:
+        """What people read beside row, column or sub-grid ``i``: ``Steps: 50``, the words.
+
+        A ``Message``: English as a str, in the viewer's language through ``localized``."""
+        if self.name == "replace":
+            return self.shown(i)
+        return Message(N_("{name}: {value}"), name=self.title, value=self.shown(i))
 
     def apply(self, request: DrawRequest, i: int) -> DrawRequest:
         """``request`` with this axis set to value ``i``."""
@@ -413,28 +509,48 @@ def build_comparison(
             continue
         axis = Axis(name, tuple(values))
         if len(set(axis.values)) < len(axis.values):
-            raise BadCompareValue(f"{name} lists a value twice; give each value once.")
+            raise BadCompareValue(
+                N_("{name} lists a value twice; give each value once."), name=name
+            )
         if len(axis.values) == 1:
             request = axis.apply(request, 0)
         else:
             axes.append(axis)
     if not axes:
         raise BadCompareValue(
-            'Give at least one setting more than one value, e.g. steps: "20, 50" or '
-            'guidance: "2, 6"; with nothing varying, use /draw.'
+            N_(
+                'Give at least one setting more than one value, e.g. steps: "20, 50" or '
+                'guidance: "2, 6"; with nothing varying, use /draw.'
+            )
         )
     if len(axes) > MAX_AXES:
         names = ", ".join(a.name for a in axes)
         raise BadCompareValue(
-            f"At most {MAX_AXES} settings can vary at once; you gave {len(axes)}: {names}. "
-            "Fix one of them to a single value."
+            N_(
+                "At most {max} settings can vary at once; you gave {count}: {names}. Fix one "
+                "of them to a single value."
+            ),
+            max=MAX_AXES,
+            count=len(axes),
+            names=names,
         )
     limit = min(max_cells, MAX_CELLS)
     sizes = [len(a.values) for a in axes]
     cells = math.prod(sizes)
     if cells > limit:
-        shape = f" ({' x '.join(map(str, sizes))})" if len(sizes) > 1 else ""
+        if len(sizes) > 1:
+            raise BadCompareValue(
+                N_(
+                    "That is {cells} cells ({shape}); this server allows at most {limit}. Give "
+                    "fewer values."
+                ),
+                cells=cells,
+                shape=" x ".join(map(str, sizes)),
+                limit=limit,
+            )
         raise BadCompareValue(
-            f"That is {cells} cells{shape}; this server allows at most {limit}. Give fewer values."
+            N_("That is {cells} cells; this server allows at most {limit}. Give fewer values."),
+            cells=cells,
+            limit=limit,
         )
     return Comparison(base=request, axes=tuple(axes))

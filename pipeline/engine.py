@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelLoadError, UnsupportedOption
+from pipeline.messages import N_, Message
 from pipeline.request import MAX_SEED, DrawRequest, DrawResult, random_seed
 from pipeline.samplers import SAMPLERS, Sampler, sampler_for_scheduler, samplers_for_pipeline
 from pipeline.tiny import TINY_MODELS, tiny_model_path
@@ -62,19 +63,36 @@ class Capabilities:
     # Whether the model has an image-to-image form (Remix, /draw image:); LDM has none.
     image_input: bool = False
 
-    def side_problem(self, name: str, side: int) -> str | None:
-        """Why ``side`` pixels can't be a width or height (``name`` opens the message), or None."""
+    def side_problem(self, name: str, side: int) -> Message | None:
+        """Why ``side`` pixels can't be a width or height (``name``, a ``Message`` such as
+        "Width", opens the message), or None."""
         m = self.size_multiple
         if side % m:
             lower = side - side % m
-            return (
-                f"{name} must be a multiple of {m}; try {lower} or {lower + m} instead of {side}."
+            return Message(
+                N_(
+                    "{name} must be a multiple of {multiple}; try {lower} or {upper} instead "
+                    "of {side}."
+                ),
+                name=name,
+                multiple=m,
+                lower=lower,
+                upper=lower + m,
+                side=side,
             )
         if not self.min_side <= side <= self.max_side:
-            return (
-                f"{name} must be between {self.min_side} and {self.max_side} pixels for "
-                f"{self.model} (it draws best at {self.default_width}x{self.default_height}); "
-                f"got {side}."
+            return Message(
+                N_(
+                    "{name} must be between {min} and {max} pixels for {model} (it draws best "
+                    "at {width}x{height}); got {side}."
+                ),
+                name=name,
+                min=self.min_side,
+                max=self.max_side,
+                model=self.model,
+                width=self.default_width,
+                height=self.default_height,
+                side=side,
             )
         return None
 
@@ -192,58 +210,82 @@ class Engine:
         r = self.resolve(request)
         if r.task == "upscale":
             if self.upscaler is None:
-                raise UnsupportedOption("This bot has no upscaler set up (UPSCALER).")
+                raise UnsupportedOption(N_("This bot has no upscaler set up (UPSCALER)."))
             self.upscaler.check(r)
             return []
         if r.task == "img2img":
             self._check_image_input(r)
         elif r.task != "draw" or r.strength is not None:
             raise UnsupportedOption(
-                "A strength only applies when drawing from a picture: attach one with image."
+                N_("A strength only applies when drawing from a picture: attach one with image.")
             )
         if not r.prompt.strip():
-            raise UnsupportedOption("The prompt is empty: describe what you'd like drawn.")
+            raise UnsupportedOption(N_("The prompt is empty: describe what you'd like drawn."))
         if request.model not in (None, self.model):
             raise UnsupportedOption(
-                f"This bot has {self.model} loaded, not {request.model}; leave the model out."
+                N_("This bot has {model} loaded, not {asked}; leave the model out."),
+                model=self.model,
+                asked=request.model,
             )
         if not 1 <= r.steps <= caps.max_steps:
-            raise UnsupportedOption(f"Steps must be between 1 and {caps.max_steps}; got {r.steps}.")
+            raise UnsupportedOption(
+                N_("Steps must be between 1 and {limit}; got {steps}."),
+                limit=caps.max_steps,
+                steps=r.steps,
+            )
         if not 1 <= r.count <= caps.max_count:
             raise UnsupportedOption(
-                f"You can ask for 1 to {caps.max_count} images at once; got {r.count}."
+                N_("You can ask for 1 to {limit} images at once; got {count}."),
+                limit=caps.max_count,
+                count=r.count,
             )
         if r.seed is None or not 0 <= r.seed <= MAX_SEED:
-            raise UnsupportedOption(f"The seed must be between 0 and {MAX_SEED}.")
+            raise UnsupportedOption(N_("The seed must be between 0 and {max}."), max=MAX_SEED)
         self._check_size(r.width or 0, r.height or 0)
         self._check_sampler(r.sampler or "")
         if not 0 <= r.guidance <= 30:
-            raise UnsupportedOption(f"Guidance must be between 0 and 30; got {r.guidance:g}.")
+            raise UnsupportedOption(
+                N_("Guidance must be between 0 and 30; got {guidance}."),
+                guidance=f"{r.guidance:g}",
+            )
         if not caps.guidance and r.guidance != 1:
-            raise UnsupportedOption(f"{self.model} takes no guidance scale; leave guidance out.")
+            raise UnsupportedOption(
+                N_("{model} takes no guidance scale; leave guidance out."), model=self.model
+            )
         if r.negative_prompt.strip():
             if not caps.negative_prompt:
                 raise UnsupportedOption(
-                    f"{self.model} ({caps.pipeline_class}) can't use a negative prompt; "
-                    "remove it and describe what you want instead."
+                    N_(
+                        "{model} ({pipeline}) can't use a negative prompt; remove it and "
+                        "describe what you want instead."
+                    ),
+                    model=self.model,
+                    pipeline=caps.pipeline_class,
                 )
             if r.guidance <= 1:
                 raise UnsupportedOption(
-                    "A negative prompt only has an effect with guidance above 1; "
-                    "raise the guidance or drop the negative prompt."
+                    N_(
+                        "A negative prompt only has an effect with guidance above 1; raise the "
+                        "guidance or drop the negative prompt."
+                    )
                 )
         if not 0 <= r.variation_strength <= 1:
             raise UnsupportedOption(
-                f"The variation strength must be between 0 and 1; got {r.variation_strength:g}."
+                N_("The variation strength must be between 0 and 1; got {strength}."),
+                strength=f"{r.variation_strength:g}",
             )
         if r.variation_seed is not None and not 0 <= r.variation_seed <= MAX_SEED:
-            raise UnsupportedOption(f"The variation seed must be between 0 and {MAX_SEED}.")
+            raise UnsupportedOption(
+                N_("The variation seed must be between 0 and {max}."), max=MAX_SEED
+            )
         if not 0 <= r.eta <= 1:
-            raise UnsupportedOption(f"Eta must be between 0 and 1; got {r.eta:g}.")
+            raise UnsupportedOption(N_("Eta must be between 0 and 1; got {eta}."), eta=f"{r.eta:g}")
         if r.eta and not (caps.eta and SAMPLERS[r.sampler or ""].uses_eta):
             raise UnsupportedOption(
-                "Eta only changes images drawn with the DDIM sampler; "
-                "pick sampler DDIM or leave eta at 0."
+                N_(
+                    "Eta only changes images drawn with the DDIM sampler; pick sampler DDIM or "
+                    "leave eta at 0."
+                )
             )
         return [*self._size_notes(r.width or 0, r.height or 0), *self._prompt_notes(r)]
 
@@ -251,20 +293,28 @@ class Engine:
         caps = self.capabilities
         if not caps.image_input:
             raise UnsupportedOption(
-                f"{self.model} ({caps.pipeline_class}) can't start from a picture. "
-                "The V buttons under a result make variations of it instead."
+                N_(
+                    "{model} ({pipeline}) can't start from a picture. The V buttons under a "
+                    "result make variations of it instead."
+                ),
+                model=self.model,
+                pipeline=caps.pipeline_class,
             )
         if r.strength is None or not 0 < r.strength <= 1:
-            raise UnsupportedOption("The strength must be above 0 and at most 1, like 0.6.")
+            raise UnsupportedOption(N_("The strength must be above 0 and at most 1, like 0.6."))
         if int(r.steps * r.strength) < 1:
             raise UnsupportedOption(
-                f"{r.steps} steps at strength {r.strength:g} redraw nothing; raise the steps "
-                "or the strength."
+                N_(
+                    "{steps} steps at strength {strength} redraw nothing; raise the steps or "
+                    "the strength."
+                ),
+                steps=r.steps,
+                strength=f"{r.strength:g}",
             )
         if not r.init_image or not Path(r.init_image).is_file():
-            raise UnsupportedOption("The picture to start from is no longer stored.")
+            raise UnsupportedOption(N_("The picture to start from is no longer stored."))
         if r.variation_seed is not None:
-            raise UnsupportedOption("A variation seed can't be used with a starting picture.")
+            raise UnsupportedOption(N_("A variation seed can't be used with a starting picture."))
 
     def _image_to_image(self) -> Any:
         """The image-to-image pipeline over the loaded weights (no second copy in memory)."""
@@ -276,7 +326,7 @@ class Engine:
         return self._img2img
 
     def _check_size(self, width: int, height: int) -> None:
-        for name, side in (("Width", width), ("Height", height)):
+        for name, side in ((Message(N_("Width")), width), (Message(N_("Height")), height)):
             problem = self.capabilities.side_problem(name, side)
             if problem:
                 raise UnsupportedOption(problem)
@@ -289,14 +339,25 @@ class Engine:
         if sampler_id in SAMPLERS:
             sampler = SAMPLERS[sampler_id]
             why = (
-                f"{caps.pipeline_class} does not scale its inputs for sigma-based samplers"
+                Message(
+                    N_("{pipeline} does not scale its inputs for sigma-based samplers"),
+                    pipeline=caps.pipeline_class,
+                )
                 if sampler.sigma_based and sampler.available()
-                else f"the package {sampler.requires} is not installed"
+                else Message(N_("the package {package} is not installed"), package=sampler.requires)
             )
             raise UnsupportedOption(
-                f"{sampler.label} can't be used with {self.model}: {why}. Try one of: {names}."
+                N_("{sampler} can't be used with {model}: {why}. Try one of: {names}."),
+                sampler=sampler.label,
+                model=self.model,
+                why=why,
+                names=names,
             )
-        raise UnsupportedOption(f"Unknown sampler {sampler_id!r}. Try one of: {names}.")
+        raise UnsupportedOption(
+            N_("Unknown sampler {sampler}. Try one of: {names}."),
+            sampler=repr(sampler_id),
+            names=names,
+        )
 
     def _size_notes(self, width: int, height: int) -> list[str]:
         caps = self.capabilities
@@ -304,19 +365,41 @@ class Engine:
         if (width, height) == trained:
             return []
         return [
-            f"{self.model} was trained at {trained[0]}x{trained[1]}; at {width}x{height} its "
-            "pictures often come out stretched or repeated, and usually look worse."
+            Message(
+                N_(
+                    "{model} was trained at {trained_width}x{trained_height}; at "
+                    "{width}x{height} its pictures often come out stretched or repeated, and "
+                    "usually look worse."
+                ),
+                model=self.model,
+                trained_width=trained[0],
+                trained_height=trained[1],
+                width=width,
+                height=height,
+            )
         ]
 
     def _prompt_notes(self, r: DrawRequest) -> list[str]:
         limit = self.capabilities.max_prompt_tokens
-        notes = []
-        for label, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt)):
+        notes: list[str] = []
+        for message, text in (
+            (
+                N_(
+                    "Your prompt is {n} tokens long and the model reads only the first "
+                    "{limit}; the end of it will be ignored."
+                ),
+                r.prompt,
+            ),
+            (
+                N_(
+                    "Your negative prompt is {n} tokens long and the model reads only the "
+                    "first {limit}; the end of it will be ignored."
+                ),
+                r.negative_prompt,
+            ),
+        ):
             if text and (n := self.prompt_tokens(text)) > limit:
-                notes.append(
-                    f"Your {label} is {n} tokens long and the model reads only the first "
-                    f"{limit}; the end of it will be ignored."
-                )
+                notes.append(Message(message, n=n, limit=limit))
         return notes
 
     # -- running -------------------------------------------------------------------------

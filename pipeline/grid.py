@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.compare import Cell, Comparison
+from pipeline.messages import N_, Message, localized
 
 FONT_PATH = Path(__file__).resolve().parent / "fonts" / "NotoSansCJKsc-Subset.otf"
 
@@ -165,7 +166,8 @@ def _grid_layout(comparison: Comparison, cell_size: tuple[int, int]) -> GridLayo
     sub_gap = 2 * size
 
     x_labels = tuple(
-        wrap(axes[0].label(i), face, max(cw - 2 * pad, size), MAX_LABEL_LINES) for i in range(nx)
+        wrap(localized(axes[0].label(i)), face, max(cw - 2 * pad, size), MAX_LABEL_LINES)
+        for i in range(nx)
     )
     x_band = max(len(lines) for lines in x_labels) * line + pad
 
@@ -174,7 +176,9 @@ def _grid_layout(comparison: Comparison, cell_size: tuple[int, int]) -> GridLayo
     if len(axes) >= 2:
         y_width = max(cw, 10 * size)
         y_lines = max(1, min(MAX_LABEL_LINES, ch // line))
-        y_labels = tuple(wrap(axes[1].label(i), face, y_width, y_lines) for i in range(ny))
+        y_labels = tuple(
+            wrap(localized(axes[1].label(i)), face, y_width, y_lines) for i in range(ny)
+        )
         widest = max(face.getlength(text) for lines in y_labels for text in lines)
         left = math.ceil(widest) + 2 * pad
 
@@ -183,7 +187,7 @@ def _grid_layout(comparison: Comparison, cell_size: tuple[int, int]) -> GridLayo
     z_band = 0
     if len(axes) >= 3:
         z_labels = tuple(
-            wrap(axes[2].label(i), face, sub_width, MAX_TITLE_LINES) for i in range(nz)
+            wrap(localized(axes[2].label(i)), face, sub_width, MAX_TITLE_LINES) for i in range(nz)
         )
         z_band = max(len(lines) for lines in z_labels) * line + pad
 
@@ -276,7 +280,7 @@ def _render_grid(
             draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=MISSING_FILL)
             face = font(layout.font_size)
             lines = wrap(
-                reasons.get(cell.index, "not drawn"),
+                localized(reasons.get(cell.index) or Message(N_("not drawn"))),
                 face,
                 layout.cell_w - 2 * layout.pad,
                 MAX_LABEL_LINES,

@@ -6,6 +6,8 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pipeline.messages import N_, Message
+
 MAX_SEED = 2**32 - 1
 
 
@@ -35,9 +37,12 @@ def guidance_is_off(guidance: float, pipeline_class: str | None = None) -> bool:
 
 
 def guidance_label(guidance: float, pipeline_class: str | None = None) -> str:
-    """The guidance as it acts, for people: ``6``, ``1 (off)``, ``0.5 (off)`` on SD models."""
+    """The guidance as it acts, for people: ``6``, ``1 (off)``, ``0.5 (off)`` on SD models
+    (a ``Message``, translated where it is shown)."""
     text = f"{guidance:g}"
-    return f"{text} (off)" if guidance_is_off(guidance, pipeline_class) else text
+    if guidance_is_off(guidance, pipeline_class):
+        return Message(N_("{guidance} (off)"), guidance=text)
+    return text
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelLoadError, UnsupportedOption
+from pipeline.messages import N_
 from pipeline.request import DrawRequest, DrawResult
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Upscaler:
                 try:
                     self.pipe = self._load()
                 except ModelLoadError as exc:
-                    self.failed = str(exc)
+                    self.failed = exc.text  # a Message: shown later in each member's language
                     raise
             return self.pipe
 
@@ -86,8 +87,12 @@ class Upscaler:
         kind = _KINDS.get(type(pipe).__name__)
         if kind is None:
             raise ModelLoadError(
-                f"The upscaler {self.model!r} is a {type(pipe).__name__}; Easel upscales with "
-                "an LDMSuperResolutionPipeline or a StableDiffusionUpscalePipeline."
+                N_(
+                    "The upscaler {model} is a {pipeline}; Easel upscales with an "
+                    "LDMSuperResolutionPipeline or a StableDiffusionUpscalePipeline."
+                ),
+                model=repr(self.model),
+                pipeline=type(pipe).__name__,
             )
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
@@ -98,22 +103,26 @@ class Upscaler:
         from PIL import Image
 
         if self.failed is not None:
-            raise UnsupportedOption(f"Upscaling is not available: {self.failed}")
+            raise UnsupportedOption(N_("Upscaling is not available: {reason}"), reason=self.failed)
         path = request.init_image
         if not path or not Path(path).is_file():
             raise UnsupportedOption(
-                "The picture to upscale is no longer stored (it was deleted), so it can't be "
-                "upscaled."
+                N_(
+                    "The picture to upscale is no longer stored (it was deleted), so it can't "
+                    "be upscaled."
+                )
             )
         try:
             with Image.open(path) as image:
                 size = image.size
         except OSError as exc:
-            raise UnsupportedOption("The picture to upscale can't be read.") from exc
+            raise UnsupportedOption(N_("The picture to upscale can't be read.")) from exc
         if max(size) > MAX_SOURCE_SIDE:
             raise UnsupportedOption(
-                f"That picture is {size[0]}x{size[1]}; Easel upscales pictures up to "
-                f"{MAX_SOURCE_SIDE}x{MAX_SOURCE_SIDE}."
+                N_("That picture is {width}x{height}; Easel upscales pictures up to {max}x{max}."),
+                width=size[0],
+                height=size[1],
+                max=MAX_SOURCE_SIDE,
             )
         return size
 
