@@ -1,42 +1,69 @@
-"""One line per job for history listings (/history, /mod history)."""
+"""One line per job for history listings (/history, /mod history), in the current locale."""
 
 from __future__ import annotations
 
+from bot.i18n import N_, _, ngettext, number
 from bot.render import shorten
 from bot.store import JobRecord
 from bot.text import plain
 from pipeline.samplers import sampler_label
 
+# What a job that is not done says of itself; the store's status names are the keys.
+STATUS_LABELS = {
+    "queued": N_("queued"),
+    "running": N_("drawing"),
+    "failed": N_("failed"),
+    "cancelled": N_("cancelled"),
+    "refused": N_("refused"),
+}
+
 
 def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
     """A history entry for a job: number, prompt, settings, when, where it was posted.
 
-    ``show_requester`` names who asked (for moderators' listings of everyone's jobs).
+    ``show_requester`` names who asked (for moderators' listings of everyone's jobs). Each
+    `` · `` part is a whole phrase of its own; the prompt is the member's text, never translated.
     """
-    sampler = sampler_label(record.sampler)
-    when = f"<t:{int(record.created_at)}:R>"
-    link = f" · [message]({record.jump_url})" if record.jump_url and not record.deleted else ""
-    status = "" if record.status == "done" else f" · {record.status}"
-    deleted = f" · 🗑️ deleted by <@{record.deleted_by}>" if record.deleted else ""
-    withheld = f" · 🔞 {record.withheld} withheld" if record.withheld else ""
-    by = f" · by <@{record.user_id}>" if show_requester else ""
+    when = f"<t:{int(record.created_at)}:R>"  # Discord writes it in each reader's language
+    parts: list[str] = []
+    if show_requester:
+        parts.append(_("by {member}", member=f"<@{record.user_id}>"))
+    if record.status != "done":
+        label = STATUS_LABELS.get(record.status)
+        parts.append(_(label) if label else record.status)
+    if record.jump_url and not record.deleted:
+        parts.append(_("[message]({url})", url=record.jump_url))
+    seed = _("seed {seed}", seed=record.seed)
     if record.kind == "compare":
         # Its settings vary by cell: the grid's own entry says what it is, its cells the rest.
-        return (
-            f"**#{record.id}** 🔳 comparison: {plain(shorten(record.prompt, 50))}\n"
-            f"seed {record.seed} · {when}{by}{status}{link}{deleted}"
+        if record.deleted:
+            parts.append(_deleted(record))
+        title = _(
+            "**#{job}** 🔳 comparison: {prompt}",
+            job=record.id,
+            prompt=plain(shorten(record.prompt, 50)),
         )
-    cell = f" · cell of comparison #{record.compare_id}" if record.compare_id else ""
+        return "\n".join((title, " · ".join((seed, when, *parts))))
+    if record.compare_id:
+        parts.append(_("cell of comparison #{comparison}", comparison=record.compare_id))
     if record.kind == "vary" and record.parent_job_id:
-        cell += f" · variation of #{record.parent_job_id}"
+        parts.append(_("variation of #{job}", job=record.parent_job_id))
     elif record.kind == "upscale" and record.parent_job_id:
-        cell += f" · upscaled from #{record.parent_job_id}"
+        parts.append(_("upscaled from #{job}", job=record.parent_job_id))
     elif record.kind == "remix" and record.parent_job_id:
-        cell += f" · remix of #{record.parent_job_id}"
+        parts.append(_("remix of #{job}", job=record.parent_job_id))
     elif record.task == "img2img":
-        cell += " · from an attached picture"
-    return (
-        f"**#{record.id}** {plain(shorten(record.prompt, 60))}\n"
-        f"seed {record.seed} · {sampler} · {record.steps} steps · {when}{by}{status}{link}"
-        f"{cell}{withheld}{deleted}"
+        parts.append(_("from an attached picture"))
+    if record.withheld:
+        parts.append(_("🔞 {n} withheld", n=number(record.withheld)))
+    if record.deleted:
+        parts.append(_deleted(record))
+    steps = ngettext("{n} step", "{n} steps", record.steps)
+    settings = (seed, sampler_label(record.sampler), steps, when)
+    return "\n".join(
+        (f"**#{record.id}** {plain(shorten(record.prompt, 60))}", " · ".join((*settings, *parts)))
     )
+
+
+def _deleted(record: JobRecord) -> str:
+    return _("🗑️ deleted by {member}", member=f"<@{record.deleted_by}>")

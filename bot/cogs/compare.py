@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
+from bot.cogs.draw import OPTION_NAMES
 from bot.replies import answer_privately
 from pipeline.compare import build_comparison, parse_numbers, parse_replace, parse_samplers
 from pipeline.errors import EaselError
@@ -23,7 +25,7 @@ _CHOICE_MAX = 100
 
 def sampler_suggestions(current: str, available: tuple[str, ...]) -> list[app_commands.Choice[str]]:
     """Complete the last item of a comma list of samplers with the model's samplers."""
-    done, _, last = current.rpartition(",")
+    done, _comma, last = current.rpartition(",")
     prefix = f"{done.strip()}, " if done.strip() else ""
     chosen = {item.strip().lower() for item in done.split(",") if item.strip()}
     typed = last.strip().lower()
@@ -45,19 +47,23 @@ class Compare(commands.Cog):
         self.bot = bot
 
     @app_commands.command(
-        name="compare", description="Draw one prompt under several settings, side by side."
+        name="compare",
+        description=locale_str("Draw one prompt under several settings, side by side."),
     )
+    @app_commands.rename(**OPTION_NAMES, replace=locale_str("replace"))
     @app_commands.describe(
-        prompt="What to draw; every cell draws it with the same seed",
-        negative_prompt="What to keep out of the picture (models that support it)",
-        steps='One value or several: "20, 50", "10-50 (+10)" or "10-50 [5]"',
-        guidance='One value or several: "2, 6", "2-8 (+2)" or "2-8 [4]"',
-        eta='One value or several (DDIM only): "0.3, 0.8" or "0-1 [3]"',
-        sampler="One sampler or a comma list of them: ddim, DPM++ 2M",
-        replace='Words of the prompt, then what to put instead: "painting, photo, sketch"',
-        seed="The one seed every cell uses; random if left out",
-        width="Width in pixels, a multiple of 8",
-        height="Height in pixels, a multiple of 8",
+        prompt=locale_str("What to draw; every cell draws it with the same seed"),
+        negative_prompt=locale_str("What to keep out of the picture (models that support it)"),
+        steps=locale_str('One value or several: "20, 50", "10-50 (+10)" or "10-50 [5]"'),
+        guidance=locale_str('One value or several: "2, 6", "2-8 (+2)" or "2-8 [4]"'),
+        eta=locale_str('One value or several (DDIM only): "0.3, 0.8" or "0-1 [3]"'),
+        sampler=locale_str("One sampler or a comma list of them: ddim, DPM++ 2M"),
+        replace=locale_str(
+            'Words of the prompt, then what to put instead: "painting, photo, sketch"'
+        ),
+        seed=locale_str("The one seed every cell uses; random if left out"),
+        width=locale_str("Width in pixels, a multiple of 8"),
+        height=locale_str("Height in pixels, a multiple of 8"),
     )
     async def compare(
         self,

@@ -1,4 +1,22 @@
-"""/draw, /reroll, /cancel and /queue."""
+"""/draw, /reroll, /cancel and /queue.
+
+Languages (issue 18). Command names stay English in every client: /draw, /reroll, /cancel,
+/queue (and /compare, /history, /forget, /mod with its subcommands). The README, the bot's own
+answers ("/mod settings show lists them") and members helping each other across clients all
+say /draw; a name that differed by client would make them disagree, and "/" plus a short
+English word is what Chinese users of drawing bots type already.
+
+Option names are translated (``prompt`` is 提示词, ``steps`` 步数, ``seed`` 种子 ...): Discord
+allows Chinese names, they are the labels a zh-CN client shows and types in the composer, and
+the terms are the ones Chinese users of Stable Diffusion tools know. What the bot receives is the
+English name whatever the client shows, so nothing else changes. Kept English: ``eta`` (a
+symbol, written so in Chinese tools too) and ``nsfw``. Answers that name an option use the name
+the reader's language shows. Descriptions and choice labels are translated; sampler names are
+proper names and stay as they are.
+
+Every name, description and choice label is a ``locale_str`` (extracted by ``make messages``);
+``bot.i18n.Translator`` gives Discord their zh-CN text when the tree syncs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +25,12 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
-from bot.render import plural
+from bot.i18n import N_, _, ngettext, number
 from bot.replies import answer_privately
+from bot.text import listing
 from bot.uploads import BadUpload, read_upload
 from bot.views import DEFAULT_REMIX_STRENGTH, VARY_STRONG
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
@@ -21,18 +41,40 @@ from pipeline.samplers import SAMPLERS
 if TYPE_CHECKING:
     from bot.protocols import Easel
 
+# Sampler names are proper names (DDIM, Euler a, DPM++ 2M Karras): the same in every language.
 SAMPLER_CHOICES = [app_commands.Choice(name=s.label, value=s.id) for s in SAMPLERS.values()]
 # Discord refuses option descriptions longer than this.
 MAX_DESCRIPTION = 100
+PROMPT_HINT = N_("What to draw, e.g. {example}")
+PROMPT_HINT_SHORT = N_("What to draw")
+
+# The options of /draw and /compare that share a name, and their names' message ids.
+OPTION_NAMES = {
+    "prompt": locale_str("prompt"),
+    "negative_prompt": locale_str("negative_prompt"),
+    "steps": locale_str("steps"),
+    "guidance": locale_str("guidance"),
+    "eta": locale_str("eta"),
+    "sampler": locale_str("sampler"),
+    "seed": locale_str("seed"),
+    "width": locale_str("width"),
+    "height": locale_str("height"),
+}
 
 
 def prompt_description(examples: tuple[str, ...]) -> str:
     """The /draw ``prompt`` option's description: the first example that fits Discord's limit."""
+    return str(prompt_hint(examples))
+
+
+def prompt_hint(examples: tuple[str, ...]) -> locale_str:
+    """``prompt_description`` as Discord is sent it: the English text, and (for the translator)
+    its message id and the example, which stays in the model's own words in every language."""
     for example in examples:
-        text = f"What to draw, e.g. {example}"
+        text = PROMPT_HINT.format(example=example)
         if len(text) <= MAX_DESCRIPTION:
-            return text
-    return "What to draw"
+            return locale_str(text, msgid=PROMPT_HINT, example=example)
+    return locale_str(PROMPT_HINT_SHORT)
 
 
 class Draw(commands.Cog):
@@ -46,26 +88,41 @@ class Draw(commands.Cog):
             engine.capabilities.example_prompts if engine else example_prompts(bot.settings.model)
         )
         params = self.draw._params  # this cog's copy of the command; the dict is its own
-        # to_dict sends str(description); a locale_str as discord.py makes of describe()'s.
-        hint = app_commands.locale_str(prompt_description(examples))
-        params["prompt"] = replace(params["prompt"], description=hint)
+        # to_dict sends str(description); the translator reads the message id and the example.
+        params["prompt"] = replace(params["prompt"], description=prompt_hint(examples))
 
-    @app_commands.command(name="draw", description="Draw a picture from a text prompt.")
+    @app_commands.command(name="draw", description=locale_str("Draw a picture from a text prompt."))
+    @app_commands.rename(
+        **OPTION_NAMES,
+        count=locale_str("count"),
+        variation_seed=locale_str("variation_seed"),
+        variation_strength=locale_str("variation_strength"),
+        image=locale_str("image"),
+        strength=locale_str("strength"),
+    )
     @app_commands.describe(
-        prompt=prompt_description(DEFAULT_EXAMPLE_PROMPTS),  # each cog: the model's own
-        negative_prompt="What to keep out of the picture (models that support it)",
-        steps="Denoising steps: more is slower and usually finer (1-150)",
-        guidance="How closely to follow the prompt (0-30; about 6-8 is typical)",
-        eta="Randomness added at each DDIM step (0-1; DDIM only)",
-        sampler="The sampling method",
-        seed="Same seed and settings give the same picture; random if left out",
-        width="Width in pixels, a multiple of 8",
-        height="Height in pixels, a multiple of 8",
-        count="How many pictures (1-4); picture i uses seed + i",
-        variation_seed="Mix in this seed's noise (A1111's variation seed); random if only strength",
-        variation_strength="How far towards the variation seed (0-1): 0.25 subtle, 0.6 strong",
-        image="A picture to start from (PNG, JPEG, WebP, GIF; up to 10 MB and 4 megapixels)",
-        strength="With image: how much of it to redraw (0.1 keeps it, 1 redraws all; 0.6)",
+        prompt=prompt_hint(DEFAULT_EXAMPLE_PROMPTS),  # each cog: the model's own
+        negative_prompt=locale_str("What to keep out of the picture (models that support it)"),
+        steps=locale_str("Denoising steps: more is slower and usually finer (1-150)"),
+        guidance=locale_str("How closely to follow the prompt (0-30; about 6-8 is typical)"),
+        eta=locale_str("Randomness added at each DDIM step (0-1; DDIM only)"),
+        sampler=locale_str("The sampling method"),
+        seed=locale_str("Same seed and settings give the same picture; random if left out"),
+        width=locale_str("Width in pixels, a multiple of 8"),
+        height=locale_str("Height in pixels, a multiple of 8"),
+        count=locale_str("How many pictures (1-4); picture i uses seed + i"),
+        variation_seed=locale_str(
+            "Mix in this seed's noise (A1111's variation seed); random if only strength"
+        ),
+        variation_strength=locale_str(
+            "How far towards the variation seed (0-1): 0.25 subtle, 0.6 strong"
+        ),
+        image=locale_str(
+            "A picture to start from (PNG, JPEG, WebP, GIF; up to 10 MB and 4 megapixels)"
+        ),
+        strength=locale_str(
+            "With image: how much of it to redraw (0.1 keeps it, 1 redraws all; 0.6)"
+        ),
     )
     @app_commands.choices(sampler=SAMPLER_CHOICES)
     async def draw(
@@ -127,15 +184,19 @@ class Draw(commands.Cog):
         if not caps.image_input:
             await answer_privately(
                 interaction,
-                f"{caps.model} ({caps.pipeline_class}) can't start from a picture, so nothing "
-                "was drawn. Draw from a prompt, and use the V buttons under a result for "
-                "variations of it.",
+                _(
+                    "{model} ({pipeline}) can't start from a picture, so nothing was drawn. "
+                    "Draw from a prompt, and use the V buttons under a result for variations "
+                    "of it.",
+                    model=caps.model,
+                    pipeline=caps.pipeline_class,
+                ),
             )
             return
         if sized:
             await answer_privately(
                 interaction,
-                "With a picture, leave width and height out: the picture's own size is used.",
+                _("With a picture, leave width and height out: the picture's own size is used."),
             )
             return
         try:
@@ -165,9 +226,13 @@ class Draw(commands.Cog):
             else:  # its job's row holds on to it now
                 store.release_images([path])
 
-    @app_commands.command(name="reroll", description="Draw a past job of this server again.")
+    @app_commands.command(
+        name="reroll", description=locale_str("Draw a past job of this server again.")
+    )
+    @app_commands.rename(job=locale_str("job"), seed=OPTION_NAMES["seed"])
     @app_commands.describe(
-        job="The job number (shown under each picture)", seed="Random if left out"
+        job=locale_str("The job number (shown under each picture)"),
+        seed=locale_str("Random if left out"),
     )
     async def reroll(
         self,
@@ -177,21 +242,31 @@ class Draw(commands.Cog):
     ) -> None:
         await self.bot.jobs.reroll(interaction, job, seed=seed)
 
-    @app_commands.command(name="cancel", description="Cancel your queued and running drawings.")
+    @app_commands.command(
+        name="cancel", description=locale_str("Cancel your queued and running drawings.")
+    )
     async def cancel(self, interaction: discord.Interaction) -> None:
         cancelled = self.bot.executor.cancel_user(interaction.user.id)
         # A comparison's cells count as the one comparison they make up.
         comparisons = len({e.unit for e in cancelled if e.unit != e.ticket})
         drawings = sum(1 for e in cancelled if e.unit == e.ticket)
-        parts = [
-            plural(n, word) for n, word in ((drawings, "drawing"), (comparisons, "comparison")) if n
-        ]
-        text = (
-            f"Cancelled {' and '.join(parts)}." if parts else "You have nothing queued or drawing."
-        )
+        if drawings and comparisons:
+            text = _(
+                "Cancelled {drawings} and {comparisons}.",
+                drawings=ngettext("{n} drawing", "{n} drawings", drawings),
+                comparisons=ngettext("{n} comparison", "{n} comparisons", comparisons),
+            )
+        elif drawings:
+            text = ngettext("Cancelled {n} drawing.", "Cancelled {n} drawings.", drawings)
+        elif comparisons:
+            text = ngettext("Cancelled {n} comparison.", "Cancelled {n} comparisons.", comparisons)
+        else:
+            text = _("You have nothing queued or drawing.")
         await interaction.response.send_message(text, ephemeral=True)
 
-    @app_commands.command(name="queue", description="Who is waiting, and your place in line.")
+    @app_commands.command(
+        name="queue", description=locale_str("Who is waiting, and your place in line.")
+    )
     async def queue(self, interaction: discord.Interaction) -> None:
         executor = self.bot.executor
         me = interaction.user.id
@@ -208,29 +283,46 @@ class Draw(commands.Cog):
         elsewhere = len(snapshot) - len(places)
         lines = []
         if executor.paused:
-            lines.append("⏸️ The bot's operator has paused drawing: nothing new starts for now.")
+            lines.append(_("⏸️ The bot's operator has paused drawing: nothing new starts for now."))
         elif executor.is_paused(here):
-            lines.append("⏸️ The queue is paused here: nothing new starts until it resumes.")
+            lines.append(_("⏸️ The queue is paused here: nothing new starts until it resumes."))
         if not snapshot:
-            lines.append("The queue is empty: /draw starts right away.")
+            lines.append(_("The queue is empty: /draw starts right away."))
         for place, entry in places[:15]:
-            doing = "drawing now" if entry.state == "running" else f"#{place}"
-            you = " (you)" if entry.user_id == me else ""
-            # A comparison's cells wait one by one, each at its own place in the round-robin.
-            cell = f" (cell of comparison #{entry.unit})" if entry.unit != entry.ticket else ""
-            lines.append(f"{doing}: <@{entry.user_id}>{you}, job #{entry.ticket}{cell}")
+            doing = _("drawing now") if entry.state == "running" else f"#{place}"
+            mention = f"<@{entry.user_id}>"
+            who = _("{member} (you)", member=mention) if entry.user_id == me else mention
+            if entry.unit != entry.ticket:
+                # A comparison's cells wait one by one, each at its own place in the round-robin.
+                line = _(
+                    "{place}: {member}, job #{job} (cell of comparison #{comparison})",
+                    place=doing,
+                    member=who,
+                    job=entry.ticket,
+                    comparison=entry.unit,
+                )
+            else:
+                line = _("{place}: {member}, job #{job}", place=doing, member=who, job=entry.ticket)
+            lines.append(line)
         if len(places) > 15:
-            lines.append(f"… and {len(places) - 15} more here")
+            lines.append(_("… and {n} more here", n=number(len(places) - 15)))
         if elsewhere:
-            lines.append(f"… and {plural(elsewhere, 'drawing')} from elsewhere.")
+            lines.append(
+                ngettext(
+                    "… and {n} drawing from elsewhere.",
+                    "… and {n} drawings from elsewhere.",
+                    elsewhere,
+                )
+            )
         mine = [place for place, e in places if e.user_id == me]
         if snapshot:
             if not mine:
-                lines.append("You have nothing in the queue here.")
+                lines.append(_("You have nothing in the queue here."))
             elif len(mine) == 1:
-                lines.append(f"Your job is at place {mine[0]}.")
+                lines.append(_("Your job is at place {place}.", place=mine[0]))
             else:
-                lines.append(f"Your jobs are at places {', '.join(map(str, mine))}.")
+                places_text = listing([str(place) for place in mine])
+                lines.append(_("Your jobs are at places {places}.", places=places_text))
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
 

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
+from bot.i18n import _
 from bot.store import JobRecord
 from bot.text import plain
 from bot.views import COUNT_CAP, PAGE_SIZE, HistoryPages
@@ -26,7 +28,8 @@ async def show_history(
 ) -> None:
     """Send the first page of a history listing as an ephemeral message with Prev/Next.
 
-    Listings of everyone's jobs (``user_id`` None) say who asked for each."""
+    Listings of everyone's jobs (``user_id`` None) say who asked for each. ``title`` is in the
+    member's language already; the pages are theirs only, so it stays right on every page."""
     guild_id = interaction.guild_id
     # Answered first: the reads below must not push the answer past Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -54,11 +57,15 @@ class History(commands.Cog):
     def __init__(self, bot: Easel) -> None:
         self.bot = bot
 
-    @app_commands.command(name="history", description="Your drawings in this server.")
-    @app_commands.describe(query="Only prompts containing this text")
+    @app_commands.command(name="history", description=locale_str("Your drawings in this server."))
+    @app_commands.rename(query=locale_str("query"))
+    @app_commands.describe(query=locale_str("Only prompts containing this text"))
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction, query: str | None = None) -> None:
-        title = "Your drawings" + (f" matching “{plain(query)}”" if query else "")
+        if query:
+            title = _("Your drawings matching “{query}”", query=plain(query))
+        else:
+            title = _("Your drawings")
         await show_history(
             self.bot, interaction, user_id=interaction.user.id, query=query, title=title
         )

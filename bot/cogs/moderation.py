@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.cogs.draw import SAMPLER_CHOICES
 from bot.cogs.history import show_history
 from bot.errors import InvalidSetting
+from bot.i18n import N_, _, enter, ngettext, number
 from bot.policy import NSFW_LABELS, Policy, validate_settings
-from bot.render import plural
 from bot.replies import answer_privately
 from bot.store import EVERYWHERE, GuildSettings, PurgeRecord
-from bot.text import plain
+from bot.text import plain, sentences
 from bot.wordfilter import parse_pattern
 from pipeline.samplers import sampler_label
 
@@ -24,16 +25,17 @@ if TYPE_CHECKING:
     from bot.protocols import Easel
 
 
+# Message ids: the labels of /mod settings show, and the choices of /mod settings reset.
 _SETTING_LABELS = {
-    "max_steps": "Max steps",
-    "max_side": "Max size",
-    "max_count": "Max count",
-    "max_queued_per_user": "Max queued per member",
-    "cooldown_s": "Cooldown",
-    "default_sampler": "Default sampler",
-    "default_steps": "Default steps",
-    "nsfw": "Flagged images",
-    "max_compare_cells": "Max compare cells",
+    "max_steps": N_("Max steps"),
+    "max_side": N_("Max size"),
+    "max_count": N_("Max count"),
+    "max_queued_per_user": N_("Max queued per member"),
+    "cooldown_s": N_("Cooldown"),
+    "default_sampler": N_("Default sampler"),
+    "default_steps": N_("Default steps"),
+    "nsfw": N_("Flagged images"),
+    "max_compare_cells": N_("Max compare cells"),
 }
 
 
@@ -54,7 +56,7 @@ class ModGroup(app_commands.Group):
 class Moderation(commands.Cog):
     mod = ModGroup(
         name="mod",
-        description="Moderator tools",
+        description=locale_str("Moderator tools"),
         guild_only=True,
         default_permissions=discord.Permissions(manage_messages=True),
     )
@@ -62,27 +64,48 @@ class Moderation(commands.Cog):
     def __init__(self, bot: Easel) -> None:
         self.bot = bot
 
-    @mod.command(name="history", description="Any member's drawings in this server.")
-    @app_commands.describe(user="Only this member's drawings", query="Only prompts with this text")
+    @mod.command(name="history", description=locale_str("Any member's drawings in this server."))
+    @app_commands.rename(user=locale_str("user"), query=locale_str("query"))
+    @app_commands.describe(
+        user=locale_str("Only this member's drawings"),
+        query=locale_str("Only prompts with this text"),
+    )
     async def history(
         self,
         interaction: discord.Interaction,
         user: discord.Member | discord.User | None = None,
         query: str | None = None,
     ) -> None:
-        who = f"{plain(user.display_name)}'s drawings" if user else "All drawings"
-        title = who + (f" matching “{plain(query)}”" if query else "")
+        if user and query:
+            title = _(
+                "{member}'s drawings matching “{query}”",
+                member=plain(user.display_name),
+                query=plain(query),
+            )
+        elif user:
+            title = _("{member}'s drawings", member=plain(user.display_name))
+        elif query:
+            title = _("All drawings matching “{query}”", query=plain(query))
+        else:
+            title = _("All drawings")
         await show_history(
             self.bot, interaction, user_id=user.id if user else None, query=query, title=title
         )
 
     banword = ModGroup(
-        name="banword", description="Words this server doesn't allow in prompts", parent=mod
+        name="banword",
+        description=locale_str("Words this server doesn't allow in prompts"),
+        parent=mod,
     )
 
-    @banword.command(name="add", description="Refuse prompts containing this word or phrase.")
+    @banword.command(
+        name="add", description=locale_str("Refuse prompts containing this word or phrase.")
+    )
+    @app_commands.rename(word=locale_str("word"))
     @app_commands.describe(
-        word="cat: the whole word; cat*: words starting with it; *cat: ending; *cat*: anywhere"
+        word=locale_str(
+            "cat: the whole word; cat*: words starting with it; *cat: ending; *cat*: anywhere"
+        )
     )
     async def banword_add(
         self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
@@ -90,7 +113,7 @@ class Moderation(commands.Cog):
         pattern = parse_pattern(word)
         if not pattern:
             await interaction.response.send_message(
-                "That has no letters or digits to match; give a word.", ephemeral=True
+                _("That has no letters or digits to match; give a word."), ephemeral=True
             )
             return
         assert interaction.guild_id is not None
@@ -100,15 +123,20 @@ class Moderation(commands.Cog):
         )
         shown = plain(pattern)
         text = (
-            f"Prompts with “{shown}” are now refused ({_pattern_meaning(pattern)}), however "
-            "it is spelled: N.S.F.W, ｎｓｆｗ, n5fw, n s f w..."
+            _(
+                "Prompts with “{word}” are now refused ({meaning}), however it is spelled: "
+                "N.S.F.W, ｎｓｆｗ, n5fw, n s f w...",
+                word=shown,
+                meaning=_(_pattern_meaning(pattern)),
+            )
             if added
-            else f"“{shown}” was already banned."
+            else _("“{word}” was already banned.", word=shown)
         )
         await interaction.followup.send(text, ephemeral=True)
 
-    @banword.command(name="remove", description="Allow this word again.")
-    @app_commands.describe(word="As /mod banword list shows it, e.g. cat or cat*")
+    @banword.command(name="remove", description=locale_str("Allow this word again."))
+    @app_commands.rename(word=locale_str("word"))
+    @app_commands.describe(word=locale_str("As /mod banword list shows it, e.g. cat or cat*"))
     async def banword_remove(
         self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
     ) -> None:
@@ -117,25 +145,38 @@ class Moderation(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         removed = await self.bot.store.remove_banned_word(interaction.guild_id, pattern)
         shown = plain(pattern)
-        text = f"“{shown}” is allowed again." if removed else f"“{shown}” wasn't banned."
+        text = (
+            _("“{word}” is allowed again.", word=shown)
+            if removed
+            else _("“{word}” wasn't banned.", word=shown)
+        )
         await interaction.followup.send(text, ephemeral=True)
 
-    @banword.command(name="list", description="The words this server doesn't allow.")
+    @banword.command(name="list", description=locale_str("The words this server doesn't allow."))
     async def banword_list(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         words = await self.bot.store.banned_words(interaction.guild_id)
+        # The words stay apart as written (", "): a list in words would hide where one ends.
         shown = ", ".join(f"“{plain(w)}”" for w in words)
-        text = f"Banned: {shown}" if words else "No banned words."
+        text = _("Banned: {words}", words=shown) if words else _("No banned words.")
         await interaction.response.send_message(text[:2000], ephemeral=True)
 
-    @mod.command(name="pause", description="Start no new drawings here; the queue is kept.")
-    @app_commands.describe(everywhere="Pause every server the bot is in (the bot's operator only)")
+    @mod.command(
+        name="pause", description=locale_str("Start no new drawings here; the queue is kept.")
+    )
+    @app_commands.rename(everywhere=locale_str("everywhere"))
+    @app_commands.describe(
+        everywhere=locale_str("Pause every server the bot is in (the bot's operator only)")
+    )
     async def pause(self, interaction: discord.Interaction, everywhere: bool = False) -> None:
         _require_manage_server(interaction)
         await self._set_paused(interaction, paused=True, everywhere=everywhere)
 
-    @mod.command(name="resume", description="Start drawing this server's queue again.")
-    @app_commands.describe(everywhere="End the operator's pause of every server (operator only)")
+    @mod.command(name="resume", description=locale_str("Start drawing this server's queue again."))
+    @app_commands.rename(everywhere=locale_str("everywhere"))
+    @app_commands.describe(
+        everywhere=locale_str("End the operator's pause of every server (operator only)")
+    )
     async def resume(self, interaction: discord.Interaction, everywhere: bool = False) -> None:
         _require_manage_server(interaction)
         await self._set_paused(interaction, paused=False, everywhere=everywhere)
@@ -149,8 +190,10 @@ class Moderation(commands.Cog):
         if everywhere and not await self.bot.is_owner(interaction.user):
             # One server's moderators must not stop a public bot for everyone else.
             await interaction.response.send_message(
-                "Only the bot's operator can pause or resume every server. "
-                "Leave out `everywhere` to pause this server only.",
+                _(
+                    "Only the bot's operator can pause or resume every server. "
+                    "Leave out `everywhere` to pause this server only."
+                ),
                 ephemeral=True,
             )
             return
@@ -160,58 +203,85 @@ class Moderation(commands.Cog):
         )
         if everywhere and paused:
             executor.pause()
-            text = (
+            text = _(
                 "Paused in every server: drawings in progress finish, nothing new starts "
                 "anywhere, queues are kept. Use /mod resume everywhere:True to continue."
             )
         elif everywhere:
             executor.resume()
-            text = f"Resumed everywhere; {plural(executor.pending(), 'drawing')} waiting."
+            text = ngettext(
+                "Resumed everywhere; {n} drawing waiting.",
+                "Resumed everywhere; {n} drawings waiting.",
+                executor.pending(),
+            )
         elif paused:
             executor.pause_group(guild_id)
-            text = (
+            text = _(
                 "Paused in this server: a drawing in progress finishes, nothing new starts here, "
                 "the queue is kept. Other servers are not affected. Use /mod resume to continue."
             )
         else:
             executor.resume_group(guild_id)
             waiting = executor.pending(group=guild_id)
-            text = f"Resumed; {plural(waiting, 'drawing')} waiting in this server."
+            text = ngettext(
+                "Resumed; {n} drawing waiting in this server.",
+                "Resumed; {n} drawings waiting in this server.",
+                waiting,
+            )
             if executor.paused:
-                text += " The bot's operator has paused every server, so nothing starts yet."
+                text = sentences(
+                    text, _("The bot's operator has paused every server, so nothing starts yet.")
+                )
         await interaction.followup.send(text, ephemeral=True)
 
     # -- settings ------------------------------------------------------------------------
 
     settings = ModGroup(
-        name="settings", description="This server's limits and defaults for /draw", parent=mod
+        name="settings",
+        description=locale_str("This server's limits and defaults for /draw"),
+        parent=mod,
     )
 
-    @settings.command(name="show", description="This server's limits and defaults for /draw.")
+    @settings.command(
+        name="show", description=locale_str("This server's limits and defaults for /draw.")
+    )
     async def settings_show(self, interaction: discord.Interaction) -> None:
         policy = await self.bot.jobs.policy(interaction.guild_id)
         await interaction.response.send_message(self._describe(policy), ephemeral=True)
 
     @settings.command(
-        name="set", description="Change this server's limits and defaults (Manage Server)."
+        name="set",
+        description=locale_str("Change this server's limits and defaults (Manage Server)."),
+    )
+    @app_commands.rename(
+        max_steps=locale_str("max_steps"),
+        max_size=locale_str("max_size"),
+        max_count=locale_str("max_count"),
+        max_queued=locale_str("max_queued"),
+        cooldown=locale_str("cooldown"),
+        default_sampler=locale_str("default_sampler"),
+        default_steps=locale_str("default_steps"),
+        nsfw=locale_str("nsfw"),
+        max_compare_cells=locale_str("max_compare_cells"),
     )
     @app_commands.describe(
-        max_steps="The most denoising steps a member may ask for",
-        max_size="The largest width or height in pixels (a multiple of 8)",
-        max_count="The most pictures per drawing",
-        max_queued="The most drawings one member may have waiting or in progress",
-        cooldown="Seconds a member waits between starting drawings (0: no wait)",
-        default_sampler="The sampler used when a member leaves it out",
-        default_steps="The steps used when a member leaves them out",
-        nsfw="What happens to images the model's safety checker flags",
-        max_compare_cells="The most cells (pictures) one /compare grid may have (1-16)",
+        max_steps=locale_str("The most denoising steps a member may ask for"),
+        max_size=locale_str("The largest width or height in pixels (a multiple of 8)"),
+        max_count=locale_str("The most pictures per drawing"),
+        max_queued=locale_str("The most drawings one member may have waiting or in progress"),
+        cooldown=locale_str("Seconds a member waits between starting drawings (0: no wait)"),
+        default_sampler=locale_str("The sampler used when a member leaves it out"),
+        default_steps=locale_str("The steps used when a member leaves them out"),
+        nsfw=locale_str("What happens to images the model's safety checker flags"),
+        max_compare_cells=locale_str("The most cells (pictures) one /compare grid may have (1-16)"),
     )
     @app_commands.choices(
         default_sampler=SAMPLER_CHOICES,
         nsfw=[
-            app_commands.Choice(name="Never post them (default)", value="filter"),
+            app_commands.Choice(name=locale_str("Never post them (default)"), value="filter"),
             app_commands.Choice(
-                name="Post them in age-restricted channels only", value="age_restricted"
+                name=locale_str("Post them in age-restricted channels only"),
+                value="age_restricted",
             ),
         ],
     )
@@ -243,19 +313,23 @@ class Moderation(commands.Cog):
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:
             await interaction.response.send_message(
-                "Give at least one setting to change; /mod settings show lists them.",
+                _("Give at least one setting to change; /mod settings show lists them."),
                 ephemeral=True,
             )
             return
         await self._save(interaction, lambda current: replace(current, **changes))
 
-    @settings.command(name="reset", description="Put a setting back to the bot's default.")
-    @app_commands.describe(setting="The setting to reset, or all of them")
+    @settings.command(
+        name="reset", description=locale_str("Put a setting back to the bot's default.")
+    )
+    @app_commands.rename(setting=locale_str("setting"))
+    @app_commands.describe(setting=locale_str("The setting to reset, or all of them"))
     @app_commands.choices(
         setting=[
-            app_commands.Choice(name=label, value=name) for name, label in _SETTING_LABELS.items()
+            app_commands.Choice(name=locale_str(label), value=name)
+            for name, label in _SETTING_LABELS.items()
         ]
-        + [app_commands.Choice(name="All settings", value="all")]
+        + [app_commands.Choice(name=locale_str("All settings"), value="all")]
     )
     async def settings_reset(
         self, interaction: discord.Interaction, setting: app_commands.Choice[str]
@@ -279,34 +353,54 @@ class Moderation(commands.Cog):
             return
         await store.set_guild_settings(guild_id, updated, interaction.user.id)
         policy = await self.bot.jobs.policy(guild_id)
-        await interaction.response.send_message("Saved.\n" + self._describe(policy), ephemeral=True)
+        text = "\n".join((_("Saved."), self._describe(policy)))
+        await interaction.response.send_message(text, ephemeral=True)
 
     def _describe(self, policy: Policy) -> str:
         caps = self.bot.engine.capabilities
         stored = policy.stored
         values = {
-            "max_steps": str(policy.max_steps),
-            "max_side": f"{policy.max_side}x{policy.max_side} pixels",
-            "max_count": str(policy.max_count),
-            "max_queued_per_user": str(policy.max_queued_per_user),
-            "cooldown_s": f"{policy.cooldown_s} seconds" if policy.cooldown_s else "none",
+            "max_steps": number(policy.max_steps),
+            "max_side": _("{width}x{height} pixels", width=policy.max_side, height=policy.max_side),
+            "max_count": number(policy.max_count),
+            "max_queued_per_user": number(policy.max_queued_per_user),
+            "cooldown_s": (
+                ngettext("{n} second", "{n} seconds", policy.cooldown_s)
+                if policy.cooldown_s
+                else _("none")
+            ),
             "default_sampler": sampler_label(policy.default_sampler or caps.default_sampler),
-            "default_steps": str(policy.default_steps),
-            "nsfw": NSFW_LABELS[policy.nsfw],
-            "max_compare_cells": str(policy.max_compare_cells),
+            "default_steps": number(policy.default_steps),
+            "nsfw": _(NSFW_LABELS[policy.nsfw]),
+            "max_compare_cells": number(policy.max_compare_cells),
         }
-        lines = ["**/draw settings in this server**"]
+        lines = [_("**/draw settings in this server**")]
         for f in fields(GuildSettings):
-            origin = "set here" if getattr(stored, f.name) is not None else "default"
-            lines.append(f"{_SETTING_LABELS[f.name]}: {values[f.name]} ({origin})")
+            if getattr(stored, f.name) is not None:
+                line = _(
+                    "{setting}: {value} (set here)",
+                    setting=_(_SETTING_LABELS[f.name]),
+                    value=values[f.name],
+                )
+            else:
+                line = _(
+                    "{setting}: {value} (default)",
+                    setting=_(_SETTING_LABELS[f.name]),
+                    value=values[f.name],
+                )
+            lines.append(line)
         return "\n".join(lines)
 
     # -- purge -----------------------------------------------------------------------------
 
     @mod.command(
-        name="purge", description="Delete a member's drawings in this server (asks first)."
+        name="purge",
+        description=locale_str("Delete a member's drawings in this server (asks first)."),
     )
-    @app_commands.describe(user="Whose drawings to delete: posts, stored images and history")
+    @app_commands.rename(user=locale_str("user"))
+    @app_commands.describe(
+        user=locale_str("Whose drawings to delete: posts, stored images and history")
+    )
     async def purge(
         self, interaction: discord.Interaction, user: discord.Member | discord.User
     ) -> None:
@@ -315,46 +409,62 @@ class Moderation(commands.Cog):
         jobs = await self.bot.store.count_history(interaction.guild_id, user_id=user.id)
         if not jobs:
             await interaction.followup.send(
-                f"{user.mention} has no drawings in this server.", ephemeral=True
+                _("{member} has no drawings in this server.", member=user.mention), ephemeral=True
             )
             return
         await interaction.followup.send(
-            f"This deletes all {jobs} drawing(s) by {user.mention} in this server: the posted "
-            "messages, the stored images and the history. Their drawings in other servers stay. "
-            "It can't be undone. Continue?",
+            ngettext(
+                "This deletes {n} drawing by {member} in this server: the posted message, the "
+                "stored images and the history. Their drawings in other servers stay. It can't "
+                "be undone. Continue?",
+                "This deletes all {n} drawings by {member} in this server: the posted "
+                "messages, the stored images and the history. Their drawings in other servers "
+                "stay. It can't be undone. Continue?",
+                jobs,
+                member=user.mention,
+            ),
             view=ConfirmPurge(self.bot, interaction.user.id, user.id),
             ephemeral=True,
         )
 
-    @mod.command(name="audit", description="Recent purges in this server.")
+    @mod.command(name="audit", description=locale_str("Recent purges in this server."))
     async def audit(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         purges = await self.bot.store.purges(interaction.guild_id, limit=10)
-        text = "\n".join(map(describe_purge, purges)) if purges else "No purges in this server."
+        none = _("No purges in this server.")
+        text = "\n".join(map(describe_purge, purges)) if purges else none
         await interaction.followup.send(text[:2000], ephemeral=True)
 
 
 def _pattern_meaning(pattern: str) -> str:
+    """What a banned pattern matches (a message id)."""
     if pattern.startswith("*") and pattern.endswith("*"):
-        return "anywhere in a word"
+        return N_("anywhere in a word")
     if pattern.endswith("*"):
-        return "words starting with it"
+        return N_("words starting with it")
     if pattern.startswith("*"):
-        return "words ending with it"
-    return "the whole word"
+        return N_("words ending with it")
+    return N_("the whole word")
 
 
 def describe_purge(purge: PurgeRecord) -> str:
     """One audit line: when, who, whom, and how much went."""
-    gone = f"{purge.messages_deleted} message(s) deleted"
+    gone = ngettext("{n} message deleted", "{n} messages deleted", purge.messages_deleted)
     if purge.messages_missing:
-        gone += f", {purge.messages_missing} already gone"
+        gone = _("{deleted}, {n} already gone", deleted=gone, n=number(purge.messages_missing))
     if purge.messages_failed:
-        gone += f", {purge.messages_failed} could not be deleted"
-    return (
-        f"<t:{int(purge.purged_at)}:f> <@{purge.moderator_id}> purged <@{purge.target_user_id}>: "
-        f"{purge.jobs} drawing(s), {purge.images} image(s); {gone}."
+        gone = _(
+            "{deleted}, {n} could not be deleted", deleted=gone, n=number(purge.messages_failed)
+        )
+    return _(
+        "{when} {moderator} purged {member}: {drawings}, {images}; {messages}.",
+        when=f"<t:{int(purge.purged_at)}:f>",
+        moderator=f"<@{purge.moderator_id}>",
+        member=f"<@{purge.target_user_id}>",
+        drawings=ngettext("{n} drawing", "{n} drawings", purge.jobs),
+        images=ngettext("{n} image", "{n} images", purge.images),
+        messages=gone,
     )
 
 
@@ -366,33 +476,50 @@ class ConfirmPurge(discord.ui.View):
         self.bot = bot
         self.moderator_id = moderator_id
         self.target_id = target_id
+        # Made while the moderator's language is current: the labels are theirs.
+        self.confirm.label = _("Yes, delete them")
+        self.cancel.label = _("No, keep them")
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        enter(interaction)  # what the click answers is in the clicker's language
         return interaction.user.id == self.moderator_id
 
     @discord.ui.button(label="Yes, delete them", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         self.stop()
         assert interaction.guild_id is not None
-        await interaction.response.edit_message(content="Deleting…", view=None)
+        await interaction.response.edit_message(content=_("Deleting…"), view=None)
         purge = await self.bot.jobs.purge(interaction.guild_id, self.target_id, interaction.user.id)
-        text = (
-            f"Done: {purge.jobs} drawing(s) and {purge.images} image(s) of <@{self.target_id}> "
-            f"deleted from this server; {purge.messages_deleted} message(s) removed"
-        )
+        removed = ngettext("{n} message removed", "{n} messages removed", purge.messages_deleted)
         if purge.messages_missing:
-            text += f" ({purge.messages_missing} were already gone)"
-        if purge.messages_failed:
-            text += (
-                f". {purge.messages_failed} message(s) could not be deleted: check the bot's "
-                "permissions and delete them by hand"
+            removed = ngettext(
+                "{removed} ({n} was already gone)",
+                "{removed} ({n} were already gone)",
+                purge.messages_missing,
+                removed=removed,
             )
-        await interaction.edit_original_response(content=text + ".")
+        done = _(
+            "Done: {drawings} and {images} of {member} deleted from this server; {removed}.",
+            drawings=ngettext("{n} drawing", "{n} drawings", purge.jobs),
+            images=ngettext("{n} image", "{n} images", purge.images),
+            member=f"<@{self.target_id}>",
+            removed=removed,
+        )
+        failed = ""
+        if purge.messages_failed:
+            failed = ngettext(
+                "{n} message could not be deleted: check the bot's permissions and delete it "
+                "by hand.",
+                "{n} messages could not be deleted: check the bot's permissions and delete "
+                "them by hand.",
+                purge.messages_failed,
+            )
+        await interaction.edit_original_response(content=sentences(done, failed))
 
     @discord.ui.button(label="No, keep them", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         self.stop()
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+        await interaction.response.edit_message(content=_("Nothing was deleted."), view=None)
 
 
 def _require_manage_server(interaction: discord.Interaction) -> None:
