@@ -31,14 +31,23 @@ CHECK_NETWORK = (
     "then run it again."
 )
 
-CONNECT_STEPS = """\
+# The languages --locale offers: bot.i18n.SUPPORTED, written out so that --help needs no discord.
+LOCALES = ("en-US", "zh-CN")
+
+
+def N_(message: str) -> str:
+    """Marks a message id for `make messages` (bot.i18n.N_, without importing it here)."""
+    return message
+
+
+CONNECT_STEPS = N_("""\
 To connect to real Discord instead:
   1. Create an application and a bot at https://discord.com/developers/applications
      (Bot tab: Reset Token, copy it).
   2. Put it in .env:   DISCORD_TOKEN=your-token   (see .env.example for every setting).
   3. Invite the bot with the scopes bot and applications.commands (README: "Connect to Discord"),
      then run `make run` again.
-"""
+""")
 
 NO_TOKEN = f"""\
 No DISCORD_TOKEN is set, so Easel can't connect to Discord.
@@ -75,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the port to serve the page on (default: 8765, or a free one if 8765 is taken; "
         "0: any free port)",
+    )
+    preview.add_argument(
+        "--locale",
+        choices=LOCALES,
+        default=LOCALES[0],
+        help="the language of the hints printed here and of the simulated members' Discord "
+        "clients, so the bot answers in it (default: en-US; zh-CN: Simplified Chinese)",
     )
     return parser
 
@@ -312,6 +328,7 @@ def _silence_voice_warnings() -> None:
 
 
 async def _preview(settings: Settings, *, port: int | None, show_connect: bool) -> None:
+    from bot.i18n import _
     from bot.preview import PreviewSession, describe, serve_preview
 
     # discord.py's own warnings here are about the simulated connection (voice libraries, a
@@ -320,7 +337,7 @@ async def _preview(settings: Settings, *, port: int | None, show_connect: bool) 
 
     def ready(session: PreviewSession) -> None:
         text = describe(session)
-        print(text + ("\n" + CONNECT_STEPS if show_connect else ""), flush=True)
+        print(text + ("\n" + _(CONNECT_STEPS) if show_connect else ""), flush=True)
 
     await serve_preview(settings, port=port, on_ready=ready)
 
@@ -346,8 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if mode == "preview":
-            port = getattr(args, "port", None)  # only `preview` has --port
-            asyncio.run(_preview(settings, port=port, show_connect=not loaded.discord_token))
+            from bot.i18n import in_locale
+
+            port = getattr(args, "port", None)  # only `preview` has --port and --locale
+            # The preview speaks the current language; asyncio.run's task inherits it.
+            with in_locale(getattr(args, "locale", None) or LOCALES[0]):
+                asyncio.run(_preview(settings, port=port, show_connect=not loaded.discord_token))
         else:
             proxy = discord_proxy(os.environ)
             asyncio.run(start(settings, sync_only=mode == "sync", proxy=proxy))

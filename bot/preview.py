@@ -3,6 +3,9 @@
 ``python -m bot`` without a token (and ``python -m bot preview``) serves the bot built by the same
 ``create_bot(settings)``, with the same cogs, database and model code, in a Discord-like page on
 127.0.0.1. Nothing reaches the network. Needs the ``simcord[preview]`` extra (in ``.[dev]``).
+
+``--locale zh-CN`` (``python -m bot preview --locale zh-CN``) shows it as a Chinese member sees it:
+the hints here, the simulated members' clients and the server all speak that language.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot import i18n
+from bot.i18n import _
 from bot.settings import DEFAULT_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -127,11 +132,11 @@ class PreviewWorld:
 
 
 def build_world(env: simcord.Env) -> PreviewWorld:
-    """Create the server the page shows."""
+    """Create the server the page shows, its locale and topic in the current language."""
     import discord
 
-    guild = env.create_guild("Easel preview")
-    channel = guild.create_text_channel("draw", topic="Type /draw in the box below.")
+    guild = env.create_guild("Easel preview", preferred_locale=i18n.current())
+    channel = guild.create_text_channel("draw", topic=_("Type /draw in the box below."))
     moderators = guild.create_role(
         "Moderators", permissions=discord.Permissions(manage_messages=True)
     )
@@ -156,31 +161,45 @@ class PreviewSession:
 
 
 def describe(session: PreviewSession) -> str:
-    """What the terminal shows once the page is up."""
+    """What the terminal shows once the page is up, in the current language."""
     s = session.bot.settings
-    note = ""
+    w = session.world
     if s.model == "tiny:shapes":
         example = session.bot.engine.capabilities.example_prompts[0]
-        note = (
-            f" (a small model trained on coloured shapes: try “{example}”; "
-            f"set MODEL, e.g. MODEL={DEFAULT_MODEL}, for a real model)"
+        model = _(
+            "  Model: {model} (a small model trained on coloured shapes: try “{example}”; set "
+            "MODEL, e.g. MODEL={real}, for a real model).",
+            model=s.model,
+            example=example,
+            real=DEFAULT_MODEL,
         )
     elif s.model.startswith("tiny:"):
-        note = (
-            f" (random weights, so its pictures are noise; "
-            f"set MODEL, e.g. MODEL={DEFAULT_MODEL}, to draw for real)"
+        model = _(
+            "  Model: {model} (random weights, so its pictures are noise; set MODEL, e.g. "
+            "MODEL={real}, to draw for real).",
+            model=s.model,
+            real=DEFAULT_MODEL,
         )
-    w = session.world
-    return (
-        "Easel is running in a local preview: the real bot on a simulated Discord, offline.\n"
-        f"\n  Open {session.url}\n\n"
-        f'  Server "Easel preview", channel #draw, bot {session.bot.user}. Act as {w.member.name}\n'
-        f'  (a member) or {w.moderator.name} (a moderator) with "Viewing as"; type /draw (or\n'
-        "  /compare, to see settings side by side) in the message box.\n"
-        f"  Model: {s.model}{note}.\n"
-        f"  Database: {s.db_path}, pictures: {s.data_dir}/\n"
-        "  Press Ctrl-C here to stop.\n"
-    )
+    else:
+        model = _("  Model: {model}.", model=s.model)
+    lines = [
+        _("Easel is running in a local preview: the real bot on a simulated Discord, offline."),
+        "",
+        _("  Open {url}", url=session.url),
+        "",
+        _(
+            '  Server "Easel preview", channel #draw, bot {bot}. Act as {member}\n'
+            '  (a member) or {moderator} (a moderator) with "Viewing as"; type /draw (or\n'
+            "  /compare, to see settings side by side) in the message box.",
+            bot=session.bot.user,
+            member=w.member.name,
+            moderator=w.moderator.name,
+        ),
+        model,
+        _("  Database: {database}, pictures: {pictures}/", database=s.db_path, pictures=s.data_dir),
+        _("  Press Ctrl-C here to stop."),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 async def serve_preview(
@@ -196,12 +215,16 @@ async def serve_preview(
     other port must be free. ``on_ready`` (sync or async) gets the session once the page is
     served; by default the address and instructions are printed. ``follow_interval`` None turns
     off republishing the page after the bot's own work (tests that refresh themselves).
+
+    The preview speaks the current language (``i18n.in_locale``; ``--locale`` sets it): the
+    hints, the page's dates, the server's locale and the language the simulated members'
+    clients send, so the bot answers them in it.
     """
     try:
         import simcord
     except ImportError as exc:
         raise PreviewError(
-            "the preview needs SimCord: run `make install` (or pip install -e '.[dev]')."
+            _("the preview needs SimCord: run `make install` (or pip install -e '.[dev]').")
         ) from exc
 
     from bot.app import create_bot
@@ -224,6 +247,7 @@ async def serve_preview(
             await bot.tree.sync()
             world = build_world(env)
             async with contextlib.AsyncExitStack() as stack:
+                stack.enter_context(_clients_speak(i18n.current()))
                 preview = await _enter_preview(stack, env, world, chosen_port)
                 session = PreviewSession(bot, env, world, preview)
                 shown = (on_ready or _print_ready)(session)
@@ -266,7 +290,10 @@ def pick_port(port: int | None) -> int:
         log.info("port %d is in use; serving the preview on a free port instead", wanted)
         return 0
     raise PreviewError(
-        f"port {port} is already in use; choose another with --port (0 = any free port)."
+        _(
+            "port {port} is already in use; choose another with --port (0 = any free port).",
+            port=port,
+        )
     )
 
 
@@ -289,16 +316,51 @@ async def _enter_preview(
     import simcord
 
     preview = env.preview(
-        world.channel, viewers=[world.member, world.moderator], layout="channel", port=port
+        world.channel,
+        viewers=[world.member, world.moderator],
+        layout="channel",
+        port=port,
+        locale=i18n.current(),  # dates on the page as the language writes them
     )
     try:
         return await stack.enter_async_context(preview)
     except simcord.SetupError as exc:
         if str(exc).startswith("Preview requires"):  # simcord without its [preview] extra
-            raise PreviewError(f"{exc} (or run `make install`)") from exc
+            raise PreviewError(_("{reason} (or run `make install`)", reason=exc)) from exc
         if isinstance(exc.__cause__, OSError):  # taken since pick_port looked
-            raise PreviewError(f"port {port} is already in use; try again.") from exc
+            raise PreviewError(_("port {port} is already in use; try again.", port=port)) from exc
         raise
+
+
+@contextlib.contextmanager
+def _clients_speak(locale: str) -> Iterator[None]:
+    """Make the simulated members' clients send ``locale`` while the preview runs.
+
+    SimCord's interactions always carry ``locale`` and ``guild_locale`` en-US; a member of a
+    Chinese server with a Chinese client sends zh-CN for both, and that is what the bot answers
+    by (its replies, its public posts). SimCord builds every interaction's payload through
+    ``simcord.interactions.base_payload`` (looked up at each call), so the preview wraps it, and
+    puts it back when it ends. en-US changes nothing.
+    """
+    if locale == i18n.DEFAULT:
+        yield
+        return
+    from simcord import interactions
+
+    original = interactions.base_payload
+
+    def base_payload(*args: Any, **kwargs: Any) -> Any:
+        record, payload = original(*args, **kwargs)
+        payload["locale"] = locale
+        if "guild_locale" in payload:
+            payload["guild_locale"] = locale
+        return record, payload
+
+    interactions.base_payload = base_payload
+    try:
+        yield
+    finally:
+        interactions.base_payload = original
 
 
 async def _follow(session: PreviewSession, interval: float) -> None:
