@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 import discord
 from PIL import Image
 
-from bot.delivery import Delivery, Job
-from bot.render import EMBED_COLOUR, fit_upload, plural, result_embed, shorten
+from bot.delivery import Delivery, Job, outcome_message
+from bot.i18n import N_, Message, _, in_locale, localize, ngettext
+from bot.render import EMBED_COLOUR, fit_upload, result_embed, shorten
 from bot.replies import answer_privately
 from bot.store import InvalidTransition, JobNotFound, JobRecord
 from bot.text import plain
+from pipeline import messages
 from pipeline.compare import Cell, Comparison
 from pipeline.errors import EaselError, PromptRefused, QueueFull
 from pipeline.executor import JobOutcome
@@ -43,11 +45,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Drawn in a missing cell's place in the grid, in the server's language.
 MISSING_LABELS = {
-    "cancelled": "cancelled",
-    "failed": "failed",
-    "withheld": "withheld (flagged)",
-    "removed": "removed",
+    "cancelled": Message(N_("cancelled")),
+    "failed": Message(N_("failed")),
+    "withheld": Message(N_("withheld (flagged)")),
+    "removed": Message(N_("removed")),
+}
+# The names of the settings every cell shares (``Comparison.fixed``), as shown.
+_FIXED_NAMES = {
+    "Steps": N_("Steps"),
+    "Guidance": N_("Guidance"),
+    "Eta": N_("Eta"),
+    "Sampler": N_("Sampler"),
+    "Size": N_("Size"),
+    "Seed": N_("Seed"),
+    "Model": N_("Model"),
 }
 
 
@@ -77,17 +90,26 @@ class ComparisonRun:
     def ended(self) -> bool:
         return len(self.images) + len(self.missing) >= self.size
 
-    def progress(self) -> str:
+    def progress(self) -> Message:
         """``Comparing… cell 3 of 8 (step 20/50)``; cells drawn together read ``cells 3-4``."""
         done = len(self.images) + len(self.missing)
         if not self.running:
-            return f"Comparing… {done} of {self.size} cells done."
+            return Message(N_("Comparing… {done} of {size} cells done."), done=done, size=self.size)
         first = done + 1
         last = done + len(self.running)
-        which = f"cell {first}" if first == last else f"cells {first}-{last}"
         step, total = self.step
-        during = f" (step {step}/{total})" if total else ""
-        return f"Comparing… {which} of {self.size}{during}"
+        values = {"first": first, "last": last, "size": self.size, "step": step, "total": total}
+        if first == last:
+            if total:
+                return Message(
+                    N_("Comparing… cell {first} of {size} (step {step}/{total})"), **values
+                )
+            return Message(N_("Comparing… cell {first} of {size}"), **values)
+        if total:
+            return Message(
+                N_("Comparing… cells {first}-{last} of {size} (step {step}/{total})"), **values
+            )
+        return Message(N_("Comparing… cells {first}-{last} of {size}"), **values)
 
 
 class CompareMixin:
@@ -144,12 +166,12 @@ class CompareMixin:
         try:
             comparison, notes = await self._admit_comparison(interaction, comparison)
         except PromptRefused as refusal:
-            await answer_privately(interaction, str(refusal))
+            await answer_privately(interaction, refusal)
             # The cell whose words were refused, so moderators see what was asked.
             await self._record_refused(interaction, getattr(refusal, "request", comparison.base))
             return None
         except EaselError as refusal:
-            await answer_privately(interaction, str(refusal))
+            await answer_privately(interaction, refusal)
             return None
         user = interaction.user
         await interaction.response.defer(thinking=True)
@@ -184,10 +206,12 @@ class CompareMixin:
             for cell_id in cell_ids:
                 self.executor.cancel(cell_id)
             await self._cancel_rows(run)
-            await delivery.final(content=str(exc))
+            await delivery.final(content=exc.text)
             return compare_id
         self._last_start[(interaction.guild_id, user.id)] = self._clock()
-        what = f"comparison #{compare_id} ({plural(run.size, 'cell')})"
+        what = messages.ngettext(
+            "comparison #{id} ({n} cell)", "comparison #{id} ({n} cells)", run.size, id=compare_id
+        )
         await self._say_queued(delivery, cell_ids[0], what, interaction.guild_id)
         return compare_id
 
@@ -201,8 +225,12 @@ class CompareMixin:
         cells = comparison.cells()
         if len(cells) > policy.max_compare_cells:
             raise QueueFull(
-                f"That comparison has {len(cells)} cells; this server allows at most "
-                f"{policy.max_compare_cells}. Give fewer values."
+                N_(
+                    "That comparison has {cells} cells; this server allows at most {limit}. "
+                    "Give fewer values."
+                ),
+                cells=len(cells),
+                limit=policy.max_compare_cells,
             )
         prompts = {(c.request.prompt, c.request.negative_prompt): c.request for c in cells}
         for request in prompts.values():
@@ -222,7 +250,13 @@ class CompareMixin:
                     if note not in notes:
                         notes.append(note)
                 policy.check(self.engine.resolve(cell.request))
-            except (EaselError, ValueError) as exc:
+            except EaselError as exc:
+                raise type(exc)(
+                    N_("In the cell {cell}: {problem}"),
+                    cell=self._cell_name(comparison, cell),
+                    problem=exc.text,
+                ) from exc
+            except ValueError as exc:
                 raise type(exc)(f"In the cell {self._cell_name(comparison, cell)}: {exc}") from exc
         if policy.stored.max_queued_per_user is not None:
             policy.check_queue(self.executor.pending(user.id, group=interaction.guild_id))
@@ -231,8 +265,10 @@ class CompareMixin:
 
     @staticmethod
     def _cell_name(comparison: Comparison, cell: Cell) -> str:
-        """The cell as the grid labels it: “Steps: 200, Guidance: 6”."""
-        return "“" + ", ".join(shorten(label, 60) for label in comparison.cell_labels(cell)) + "”"
+        """The cell as the grid labels it: “Steps: 200, Guidance: 6” (in the current locale: it
+        is named in a private refusal, in the member's)."""
+        labels = (shorten(localize(label), 60) for label in comparison.cell_labels(cell))
+        return "“" + ", ".join(labels) + "”"
 
     def _submit_cells(
         self,
@@ -304,7 +340,7 @@ class CompareMixin:
                 self._inflight_changed.notify_all()
         if run.ended and not run.finishing:
             run.finishing = True
-            await self._finish_comparison(run, first_error=outcome.message)
+            await self._finish_comparison(run, first_error=outcome_message(outcome))
 
     async def _keep_cell(
         self, run: ComparisonRun, cell: Cell, job: Job, result: DrawResult
@@ -350,7 +386,9 @@ class CompareMixin:
                 log.info("comparison %s ended while its requester's data was removed", run.id)
                 if not self._is_forgotten(job):  # a forgotten user hears nothing
                     await run.delivery.final(
-                        content=f"Comparison #{run.id} was removed by a moderator."
+                        content=Message(
+                            N_("Comparison #{id} was removed by a moderator."), id=run.id
+                        )
                     )
                 return
             if not run.images:
@@ -364,7 +402,10 @@ class CompareMixin:
             def render() -> bytes:
                 return png_bytes(render_grid(comparison, run.images, missing=missing), text)
 
-            data = await asyncio.to_thread(render)
+            # The labels drawn in the grid are in the server's language (to_thread carries
+            # the locale over).
+            with in_locale(await run.delivery.locale()):
+                data = await asyncio.to_thread(render)
             path = await self.store.save_image(data)
             try:
                 await self.store.mark_done(
@@ -385,23 +426,36 @@ class CompareMixin:
                     await self.store.mark_undeliverable(run.id, f"posting the grid failed: {exc!r}")
                 else:
                     await self.store.mark_failed(run.id, f"making the grid failed: {exc!r}")
-            with contextlib.suppress(Exception):
-                await run.delivery.final(
-                    content=f"⚠️ Comparison #{run.id} failed: its grid could not be "
-                    f"{'posted' if stored else 'made'}; the error has been logged."
+            if stored:
+                failed = N_(
+                    "⚠️ Comparison #{id} failed: its grid could not be posted; the error has "
+                    "been logged."
                 )
+            else:
+                failed = N_(
+                    "⚠️ Comparison #{id} failed: its grid could not be made; the error has been "
+                    "logged."
+                )
+            with contextlib.suppress(Exception):
+                await run.delivery.final(content=Message(failed, id=run.id))
 
     async def _no_grid(self, run: ComparisonRun, job: Job, error: str) -> None:
         whys = set(run.missing.values())
         if whys <= {"cancelled", "removed"}:
             await self.store.mark_cancelled(run.id)
             if not self._is_forgotten(job):
-                await run.delivery.final(content=f"Comparison #{run.id} was cancelled.")
+                await run.delivery.final(
+                    content=Message(N_("Comparison #{id} was cancelled."), id=run.id)
+                )
             return
         await self.store.mark_failed(run.id, f"no cell was drawn: {', '.join(sorted(whys))}")
         if whys == {"withheld"}:
-            error = "the model's safety checker flagged every cell. Try another seed or prompt."
-        await run.delivery.final(content=f"⚠️ Comparison #{run.id} failed: {error}")
+            error = Message(
+                N_("the model's safety checker flagged every cell. Try another seed or prompt.")
+            )
+        await run.delivery.final(
+            content=Message(N_("⚠️ Comparison #{id} failed: {reason}"), id=run.id, reason=error)
+        )
 
     async def post_comparison(self, run: ComparisonRun, data: bytes) -> discord.Message | None:
         """Post the grid with its settings and the cell menu; remember the message."""
@@ -414,73 +468,107 @@ class CompareMixin:
         )
         if upload is None:
             await delivery.final(
-                content=f"Comparison #{run.id} is done, but its grid is too large to upload here."
+                content=Message(
+                    N_("Comparison #{id} is done, but its grid is too large to upload here."),
+                    id=run.id,
+                )
             )
             await self._gave_up(job, "grid too large to upload, even scaled down")
             return None
         notes = run.notes
         if upload.scaled:
-            notes = (*notes, "Scaled down to fit Discord's upload limit.")
-        embed = self.comparison_embed(run, requester=f"<@{run.user_id}>", notes=notes)
-        embed.set_image(url=f"attachment://{upload.filename}")
+            notes = (*notes, Message(N_("Scaled down to fit Discord's upload limit.")))
         from bot.views import comparison_view
 
         drawn = {i for i in range(run.size) if i not in run.missing}
-        view = comparison_view(run.id, run.comparison, run.cell_ids, drawn=drawn)
+        # A public post: the embed and the cell menu in the server's language.
+        with in_locale(await delivery.locale()):
+            embed = self.comparison_embed(run, requester=f"<@{run.user_id}>", notes=notes)
+            view = comparison_view(run.id, run.comparison, run.cell_ids, drawn=drawn)
+        embed.set_image(url=f"attachment://{upload.filename}")
         return await self.publish(job, embed=embed, uploads=[upload], view=view)
 
     def comparison_embed(
         self, run: ComparisonRun, *, requester: str, notes: tuple[str, ...] = ()
     ) -> discord.Embed:
-        """The prompt, the axes and their values, the shared settings, seed, model and number."""
+        """The prompt, the axes and their values, the shared settings, seed, model and number,
+        in the current locale (``notes`` may be ``Message``s)."""
         comparison = run.comparison
         base = comparison.base
         caps = self.engine.capabilities
         embed = discord.Embed(description=plain(shorten(base.prompt, 1000)), colour=EMBED_COLOUR)
         if base.negative_prompt:
             embed.add_field(
-                name="Negative prompt",
+                name=_("Negative prompt"),
                 value=plain(shorten(base.negative_prompt, 400)),
                 inline=False,
             )
-        where = ("Columns (X)", "Rows (Y)", "Sub-grids (Z)")
+        where = (_("Columns (X)"), _("Rows (Y)"), _("Sub-grids (Z)"))
         for title, axis in zip(where, comparison.axes, strict=False):
-            labels = [axis.label(i) for i in range(len(axis.values))]
-            if axis.name == "replace":
-                text = " · ".join(labels)
+            shown = [localize(axis.shown(i)) for i in range(len(axis.values))]
+            if axis.title is None:  # the words that replace each other
+                text = " · ".join(shown)
             else:  # "Steps: 20, 50" rather than "Steps: 20 · Steps: 50"
-                name = labels[0].split(": ", 1)[0]
-                text = f"{name}: " + ", ".join(label.split(": ", 1)[1] for label in labels)
+                text = _("{name}: {value}", name=axis.title, value=", ".join(shown))
             # Escaped, then cut: escaping can double a text that was short enough before.
             embed.add_field(name=title, value=shorten(plain(text), 1000), inline=False)
         fixed = []
         for name, value in comparison.fixed.items():
             if name == "Guidance":  # as it acts on this model: "1 (off)"
                 value = guidance_label(base.guidance, caps.pipeline_class)
+            shown_name = _(_FIXED_NAMES[name]) if name in _FIXED_NAMES else name
+            value = localize(value)
             if name in ("Seed", "Model"):
-                embed.add_field(name=name, value=shorten(plain(value), 200))
+                embed.add_field(name=shown_name, value=shorten(plain(value), 200))
             else:  # the settings every cell shares: in the footer, out of the way
-                fixed.append(f"{name} {value}")
-        credit = (
-            f"Rerolled from comparison #{run.parent_job_id} by"
-            if run.parent_job_id
-            else "Compared by"
-        )
-        embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)
+                fixed.append(f"{shown_name} {value}")
+        if run.parent_job_id:
+            credit = _(
+                "Rerolled from comparison #{id} by {requester}",
+                id=run.parent_job_id,
+                requester=requester,
+            )
+        else:
+            credit = _("Compared by {requester}", requester=requester)
+        embed.add_field(name="\u200b", value=credit, inline=False)
         absent = len(run.missing)
         if absent:
             notes = (
-                f"{plural(absent, 'cell')} of {run.size} not drawn: marked in the grid.",
+                ngettext(
+                    "{n} cell of {total} not drawn: marked in the grid.",
+                    "{n} cells of {total} not drawn: marked in the grid.",
+                    absent,
+                    total=run.size,
+                ),
                 *notes,
             )
         for note in notes[:3]:
-            embed.add_field(name="Note", value=shorten(note, 1000), inline=False)
+            embed.add_field(name=_("Note"), value=shorten(localize(note), 1000), inline=False)
         first, last = run.cell_ids[0], run.cell_ids[-1]
-        same = f" · every cell: {', '.join(fixed)}" if fixed else ""
-        embed.set_footer(
-            text=f"Job #{run.id} · comparison of {plural(run.size, 'cell')} "
-            f"(jobs #{first}-#{last}){same} · open a cell below to reroll it"
-        )
+        if fixed:
+            footer = ngettext(
+                "Job #{id} · comparison of {n} cell (jobs #{first}-#{last}) · every cell: "
+                "{fixed} · open a cell below to reroll it",
+                "Job #{id} · comparison of {n} cells (jobs #{first}-#{last}) · every cell: "
+                "{fixed} · open a cell below to reroll it",
+                run.size,
+                id=run.id,
+                first=first,
+                last=last,
+                fixed=", ".join(fixed),
+            )
+        else:
+            footer = ngettext(
+                "Job #{id} · comparison of {n} cell (jobs #{first}-#{last}) · open a cell "
+                "below to reroll it",
+                "Job #{id} · comparison of {n} cells (jobs #{first}-#{last}) · open a cell "
+                "below to reroll it",
+                run.size,
+                id=run.id,
+                first=first,
+                last=last,
+            )
+        embed.set_footer(text=footer)
         return embed
 
     # -- opening a cell ----------------------------------------------------------------------
@@ -499,16 +587,24 @@ class CompareMixin:
             or not await self._may_reroll(interaction, record)
         ):
             await answer_privately(
-                interaction, f"There is no cell #{cell_id} of this comparison here."
+                interaction, _("There is no cell #{cell} of this comparison here.", cell=cell_id)
             )
             return
         if record.status != "done" or not record.images:
-            why = (
-                "was withheld (the safety checker flagged it)"
-                if record.withheld
-                else (f"was {record.status}" if record.finished else "is not drawn yet")
-            )
-            await answer_privately(interaction, f"Cell #{cell_id} {why}, so there is no picture.")
+            if record.withheld:
+                why = N_(
+                    "Cell #{cell} was withheld (the safety checker flagged it), so there is no "
+                    "picture."
+                )
+            elif not record.finished:
+                why = N_("Cell #{cell} is not drawn yet, so there is no picture.")
+            elif record.status == "cancelled":
+                why = N_("Cell #{cell} was cancelled, so there is no picture.")
+            elif record.status == "failed":
+                why = N_("Cell #{cell} failed, so there is no picture.")
+            else:
+                why = N_("Cell #{cell} has no picture.")
+            await answer_privately(interaction, _(why, cell=cell_id))
             return
         path, _seed = record.images[0]
         data = await asyncio.to_thread(path.read_bytes)
@@ -521,12 +617,14 @@ class CompareMixin:
             requester=f"<@{record.user_id}>",
             eta_applies=caps.eta,
             pipeline_class=caps.pipeline_class,
-            notes=(f"A cell of comparison #{compare_id}.",),
+            notes=(_("A cell of comparison #{id}.", id=compare_id),),
         )
         from bot.views import cell_view
 
         if upload is None:
-            await answer_privately(interaction, f"Cell #{cell_id} is too large to upload here.")
+            await answer_privately(
+                interaction, _("Cell #{cell} is too large to upload here.", cell=cell_id)
+            )
             return
         embed.set_image(url=f"attachment://{upload.filename}")
         await interaction.response.send_message(
@@ -579,8 +677,13 @@ class CompareMixin:
             await self.store.mark_failed(record.id, "could not resume after a restart")
             delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
             await delivery.final(
-                content=f"⚠️ Comparison #{record.id} failed: it could not be resumed after a "
-                "restart; the error has been logged."
+                content=Message(
+                    N_(
+                        "⚠️ Comparison #{id} failed: it could not be resumed after a restart; "
+                        "the error has been logged."
+                    ),
+                    id=record.id,
+                )
             )
 
     async def _resume(self, record: JobRecord, cells: list[JobRecord]) -> int:
@@ -622,7 +725,9 @@ class CompareMixin:
         elif run.ended:
             run.finishing = True
             self._start_background(
-                self._finish_comparison(run, first_error="the bot went down while drawing it")
+                self._finish_comparison(
+                    run, first_error=Message(N_("the bot went down while drawing it"))
+                )
             )
         return len(again)
 

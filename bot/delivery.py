@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import i18n
+from bot.i18n import N_, Message, _, in_locale, localize
 from bot.render import DEFAULT_UPLOAD_LIMIT
+from pipeline.errors import EaselError
 from pipeline.request import DrawRequest
 
 if TYPE_CHECKING:
     from bot.protocols import Host
+    from pipeline.executor import JobOutcome
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,11 @@ _POST_ELSEWHERE_CODES = {50027, 10015, 10008, 50001, 50013}
 
 class Delivery:
     """Where a job's messages go: the interaction while its token lives, else the channel, else
-    the requester's DMs. ``failure`` says why nothing could be posted, when that happens."""
+    the requester's DMs. ``failure`` says why nothing could be posted, when that happens.
+
+    Everything posted is public, so it is in the server's language (``locale()``): text given
+    as a ``Message`` is translated into it here; embeds and buttons are built by the caller
+    inside ``in_locale(await delivery.locale())``."""
 
     def __init__(
         self,
@@ -44,28 +52,49 @@ class Delivery:
         self.lock = asyncio.Lock()
         self.finished = False
         self.failure: str | None = None
+        self._locale: str | None = None
+
+    async def locale(self) -> str:
+        """The language of this job's posts: the server's (from the interaction, or after a
+        restart from the channel's server); in DMs the member's; else en-US."""
+        if self._locale is None:
+            if self.interaction is not None:
+                self._locale = i18n.public_locale(self.interaction)
+            else:
+                channel = await self.bot.resolve_channel(self.channel_id)
+                self._locale = i18n.public_locale(guild=getattr(channel, "guild", None))
+        return self._locale
 
     def _live(self) -> bool:
         return self.interaction is not None and not self.interaction.is_expired()
 
     async def status(self, text: str) -> None:
-        """Show queue position or progress; never fails the job, dropped if an edit is busy."""
+        """Show queue position or progress (a ``Message`` is translated into the server's
+        language); never fails the job, dropped if an edit is busy."""
         if self.finished or not self._live() or self.lock.locked():
             return
         async with self.lock:
             if self.finished:
                 return
+            with in_locale(await self.locale()):
+                content = localize(text)
             try:
                 assert self.interaction is not None
-                await self.interaction.edit_original_response(content=text)
+                await self.interaction.edit_original_response(content=content)
             except discord.HTTPException as exc:
                 log.debug("progress edit failed: %s", exc)
 
     async def final(self, **message: Any) -> discord.Message | None:
         """Post the final message: edit the interaction's response, or send it to the channel,
-        or to the requester by DM. None (and ``failure`` set) when all of them failed."""
+        or to the requester by DM. None (and ``failure`` set) when all of them failed.
+
+        A ``content`` that is a ``Message`` is translated into the server's language."""
         async with self.lock:
             self.finished = True
+            locale = await self.locale()
+            if message.get("content") is not None:
+                with in_locale(locale):
+                    message["content"] = localize(message["content"])
             if self._live():
                 assert self.interaction is not None
                 try:
@@ -82,7 +111,8 @@ class Delivery:
             sent = await self._send_to_channel(**message)
             if sent is not None:
                 return sent
-            return await self._send_by_dm(**message)
+            with in_locale(locale):
+                return await self._send_by_dm(**message)
 
     async def _send_to_channel(self, **message: Any) -> discord.Message | None:
         channel = await self.bot.resolve_channel(self.channel_id)
@@ -110,15 +140,13 @@ class Delivery:
         """The channel is gone or closed to the bot: tell the requester privately instead."""
         try:
             user = self.bot.get_user(self.user_id) or await self.bot.fetch_user(self.user_id)
-            where = "its channel is gone or the bot can no longer post there"
+            why = _("-# Sent here because its channel is gone or the bot can no longer post there.")
             content = message.get("content")
             extra: dict[str, Any] = {
                 key: message[key] for key in ("embed", "view") if message.get(key) is not None
             }
             return await user.send(
-                content=f"{content}\n-# Sent here because {where}."
-                if content
-                else f"-# Sent here because {where}.",
+                content=f"{content}\n{why}" if content else why,
                 files=[u.file() for u in message.get("uploads", [])],
                 **extra,
             )
@@ -151,6 +179,17 @@ class Job:
     user_id: int
     request: DrawRequest
     kind: str = "draw"  # "draw", "vary", "upscale" or "remix": how the result credits its parent
-    notes: tuple[str, ...] = ()  # for the result, e.g. "your picture was resized"
+    # For the result, e.g. "your picture was resized": Messages, translated when posted.
+    notes: tuple[str, ...] = ()
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
+
+
+def outcome_message(outcome: JobOutcome) -> Message:
+    """Why a job produced no images, to be shown in the language of wherever it is posted
+    (``JobOutcome.message`` is the same in English, for the logs)."""
+    if outcome.status == "cancelled":
+        return Message(N_("This drawing was cancelled."))
+    if isinstance(outcome.error, EaselError):
+        return outcome.error.text
+    return Message(N_("Something went wrong while drawing this; the error has been logged."))

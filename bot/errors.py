@@ -1,5 +1,7 @@
 """Errors of the bot's own rules (server settings); like every ``EaselError``, their message is
-shown to the user as is, privately."""
+shown to the user privately, in their language: raise them with an ``N_``-marked English message
+id and its values, ``OverServerLimit(N_("... {limit} steps ..."), limit=30)`` (see
+``pipeline.errors``)."""
 
 from __future__ import annotations
 

@@ -20,15 +20,17 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.comparisons import CompareMixin
-from bot.delivery import Delivery, Job
+from bot.delivery import Delivery, Job, outcome_message
 from bot.errors import CoolingDown
+from bot.i18n import N_, Message, _, in_locale
 from bot.policy import Policy
-from bot.render import fit_upload, plural, result_embed
+from bot.render import fit_upload, result_embed
 from bot.replies import answer_privately
 from bot.store import GuildSettings, JobNotFound, JobRecord, PurgeRecord, Store
 from bot.text import plain
 from bot.views import result_view
 from bot.wordfilter import find_banned
+from pipeline import messages
 from pipeline.errors import EaselError, PromptRefused, QueueFull
 from pipeline.executor import Executor, JobOutcome
 from pipeline.pngmeta import format_parameters, png_bytes
@@ -39,6 +41,18 @@ if TYPE_CHECKING:
     from bot.protocols import Host
 
 log = logging.getLogger(__name__)
+
+# What a member is told when a past job's picture can't be used, by what they asked to do.
+_NO_JOB = {
+    "vary": N_("There is no job #{job} here that you can vary."),
+    "remix": N_("There is no job #{job} here that you can remix."),
+    "upscale": N_("There is no job #{job} here that you can upscale."),
+}
+_NO_PICTURE = {
+    "vary": N_("Job #{job} has no picture {picture} to vary."),
+    "remix": N_("Job #{job} has no picture {picture} to remix."),
+    "upscale": N_("Job #{job} has no picture {picture} to upscale."),
+}
 
 
 class JobRunner(CompareMixin):
@@ -104,11 +118,11 @@ class JobRunner(CompareMixin):
         try:
             request = await self._admit(interaction, request)
         except PromptRefused as refusal:
-            await answer_privately(interaction, str(refusal))
+            await answer_privately(interaction, refusal)
             await self._record_refused(interaction, request)
             return None
         except EaselError as refusal:
-            await answer_privately(interaction, str(refusal))
+            await answer_privately(interaction, refusal)
             return None
         user = interaction.user
         await interaction.response.defer(thinking=True)
@@ -139,27 +153,40 @@ class JobRunner(CompareMixin):
             self._submit(job, request)
         except QueueFull as exc:  # filled up while we recorded it
             await self.store.mark_cancelled(job_id)
-            await delivery.final(content=str(exc))
+            await delivery.final(content=exc.text)
             return job_id
         self._last_start[(interaction.guild_id, user.id)] = self._clock()
-        await self._say_queued(delivery, job_id, f"job #{job_id}", interaction.guild_id)
+        what = Message(N_("job #{job}"), job=job_id)
+        await self._say_queued(delivery, job_id, what, interaction.guild_id)
         return job_id
 
     async def _say_queued(
         self, delivery: Delivery, ticket: int, what: str, guild_id: int | None
     ) -> None:
         """ "Queued as <what>: 2 ahead of you.", and why it waits if drawing is paused; nothing
-        when it started already."""
+        when it started already. In the server's language (``what`` is a ``Message``)."""
         position = self.executor.position(ticket)
         if not position:
             return
         ahead = position - 1
-        waiting = f"{ahead} ahead of you" if ahead else "you're next"
-        text = f"Queued as {what}: {waiting}."
+        text: str
+        if ahead:
+            text = messages.ngettext(
+                "Queued as {what}: {n} ahead of you.",
+                "Queued as {what}: {n} ahead of you.",
+                ahead,
+                what=what,
+            )
+        else:
+            text = Message(N_("Queued as {what}: you're next."), what=what)
         if self.executor.paused:
-            text += " The bot's operator has paused drawing; it starts when they resume."
+            why = Message(N_("The bot's operator has paused drawing; it starts when they resume."))
+            text = Message(N_("{queued} {paused}"), queued=text, paused=why)
         elif self.executor.is_paused(guild_id):
-            text += " The queue is paused by the moderators; it starts when they resume it."
+            why = Message(
+                N_("The queue is paused by the moderators; it starts when they resume it.")
+            )
+            text = Message(N_("{queued} {paused}"), queued=text, paused=why)
         await delivery.status(text)
 
     async def _admit(self, interaction: discord.Interaction, request: DrawRequest) -> DrawRequest:
@@ -184,8 +211,14 @@ class JobRunner(CompareMixin):
         if left > 0:
             wait = math.ceil(left)
             raise CoolingDown(
-                f"This server asks members to wait {policy.cooldown_s} seconds between "
-                f"drawings; you can draw again in {wait} second{'s' if wait != 1 else ''}."
+                messages.ngettext(
+                    "This server asks members to wait {cooldown} seconds between drawings; "
+                    "you can draw again in {n} second.",
+                    "This server asks members to wait {cooldown} seconds between drawings; "
+                    "you can draw again in {n} seconds.",
+                    wait,
+                    cooldown=policy.cooldown_s,
+                )
             )
 
     async def _check_banned_words(self, guild_id: int | None, request: DrawRequest) -> None:
@@ -196,8 +229,11 @@ class JobRunner(CompareMixin):
         if not banned or (word := find_banned(text, banned)) is None:
             return
         raise PromptRefused(
-            f"This server doesn't allow “{plain(word)}” in prompts, so nothing was drawn. "
-            "Please rephrase and try again."
+            N_(
+                "This server doesn't allow “{word}” in prompts, so nothing was drawn. Please "
+                "rephrase and try again."
+            ),
+            word=plain(word),
         )
 
     async def _record_refused(self, interaction: discord.Interaction, request: DrawRequest) -> None:
@@ -235,7 +271,7 @@ class JobRunner(CompareMixin):
         record = await self.store.get_job(job_id)
         if record is None or not await self._may_reroll(interaction, record):
             await answer_privately(
-                interaction, f"There is no job #{job_id} here that you can reroll."
+                interaction, _("There is no job #{job} here that you can reroll.", job=job_id)
             )
             return None
         if record.kind == "compare":
@@ -254,18 +290,15 @@ class JobRunner(CompareMixin):
     ) -> tuple[JobRecord, Path, int] | None:
         """Picture ``index`` of a past job that this member may work from (as for a reroll):
         the job, the picture's file and seed. Anything else is answered privately (None); an
-        upscale is the end of the line and has nothing to vary, upscale or remix."""
+        upscale is the end of the line and has nothing to vary, upscale or remix. ``verb``:
+        "vary", "remix" or "upscale"."""
         record = await self.store.get_job(job_id)
         if record is None or not await self._may_reroll(interaction, record):
-            await answer_privately(
-                interaction, f"There is no job #{job_id} here that you can {verb}."
-            )
+            await answer_privately(interaction, _(_NO_JOB[verb], job=job_id))
             return None
         usable = record.kind != "compare" and record.task != "upscale"
         if not usable or not 0 <= index < len(record.images):
-            await answer_privately(
-                interaction, f"Job #{job_id} has no picture {index + 1} to {verb}."
-            )
+            await answer_privately(interaction, _(_NO_PICTURE[verb], job=job_id, picture=index + 1))
             return None
         path, seed = record.images[index]
         return record, path, seed
@@ -282,7 +315,7 @@ class JobRunner(CompareMixin):
         if record.task != "draw":
             await answer_privately(
                 interaction,
-                "Variations are for pictures drawn from a prompt; Reroll or Remix this one.",
+                _("Variations are for pictures drawn from a prompt; Reroll or Remix this one."),
             )
             return None
         request = replace(
@@ -341,7 +374,7 @@ class JobRunner(CompareMixin):
         """Picture ``index`` of a past job made 4x larger by the upscaler, through the same
         queue, caps and fairness as a drawing."""
         if self.engine.upscaler is None:
-            await answer_privately(interaction, "This bot has no upscaler set up.")
+            await answer_privately(interaction, _("This bot has no upscaler set up."))
             return None
         found = await self._picture_of(interaction, job_id, index, "upscale")
         if found is None:
@@ -430,16 +463,23 @@ class JobRunner(CompareMixin):
         try:
             await self.store.mark_failed(job.id, reason)
             await job.delivery.final(
-                content=f"⚠️ Job #{job.id} was stopped: the bot went down {attempts} times "
-                "while drawing it, so it won't be tried again. It may be too big for this "
-                "machine; try a smaller size or fewer pictures."
+                content=messages.ngettext(
+                    "⚠️ Job #{job} was stopped: the bot went down {n} time while drawing it, so "
+                    "it won't be tried again. It may be too big for this machine; try a smaller "
+                    "size or fewer pictures.",
+                    "⚠️ Job #{job} was stopped: the bot went down {n} times while drawing it, so "
+                    "it won't be tried again. It may be too big for this machine; try a smaller "
+                    "size or fewer pictures.",
+                    attempts,
+                    job=job.id,
+                )
             )
         except Exception:
             log.exception("telling the requester of job %s that it was stopped failed", job.id)
 
     async def _repost(self, job: Job, record: JobRecord) -> None:
         try:
-            pngs = [await asyncio.to_thread(path.read_bytes) for path, _ in record.images]
+            pngs = [await asyncio.to_thread(path.read_bytes) for path, _seed in record.images]
             await self.post(job, pngs, record.request, (), withheld=record.withheld)
         except Exception:
             log.exception("re-posting job %s after a restart failed", job.id)
@@ -464,9 +504,11 @@ class JobRunner(CompareMixin):
     async def _on_progress(self, job: Job, step: int, total: int) -> None:
         if step == 0:
             job.started_at = time.perf_counter()
-            await job.delivery.status(f"Drawing job #{job.id}…")
+            await job.delivery.status(Message(N_("Drawing job #{job}…"), job=job.id))
         else:
-            await job.delivery.status(f"Drawing… {step}/{total}")
+            await job.delivery.status(
+                Message(N_("Drawing… {step}/{total}"), step=step, total=total)
+            )
 
     async def _on_done(self, job: Job, outcome: JobOutcome) -> None:
         try:
@@ -477,19 +519,30 @@ class JobRunner(CompareMixin):
                     await self.store.mark_cancelled(job.id)
                 purged = job.id in self._purged or self._is_withdrawn(job)
                 self._purged.discard(job.id)
-                why = "removed by a moderator" if purged else "cancelled"
+                if purged:
+                    text = Message(N_("Job #{job} was removed by a moderator."), job=job.id)
+                else:
+                    text = Message(N_("Job #{job} was cancelled."), job=job.id)
                 if not self._is_forgotten(job):
-                    await job.delivery.final(content=f"Job #{job.id} was {why}.")
+                    await job.delivery.final(content=text)
             else:
                 error = outcome.error
                 await self.store.mark_failed(job.id, repr(error) if error else outcome.message)
-                await job.delivery.final(content=f"⚠️ Job #{job.id} failed: {outcome.message}")
+                await job.delivery.final(
+                    content=Message(
+                        N_("⚠️ Job #{job} failed: {reason}"),
+                        job=job.id,
+                        reason=outcome_message(outcome),
+                    )
+                )
         except JobNotFound:
             self._purged.discard(job.id)
             log.info("job %s was removed while it ran; nothing posted", job.id)
             if not self._is_forgotten(job):
                 with contextlib.suppress(discord.HTTPException):
-                    await job.delivery.final(content=f"Job #{job.id} was removed by a moderator.")
+                    await job.delivery.final(
+                        content=Message(N_("Job #{job} was removed by a moderator."), job=job.id)
+                    )
         except Exception:
             log.exception("delivering job %s failed", job.id)
         finally:
@@ -559,7 +612,7 @@ class JobRunner(CompareMixin):
                 for image, seed in pairs
             ]
         )
-        seeds = [seed for _, seed in pairs]
+        seeds = [seed for _image, seed in pairs]
         paths = [await self.store.save_image(data) for data in pngs]
         try:
             if self._is_withdrawn(job):
@@ -578,8 +631,13 @@ class JobRunner(CompareMixin):
         if shown_flagged:
             notes = (
                 *notes,
-                f"The safety checker flagged {plural(shown_flagged, 'picture')}; shown because "
-                "this server allows that in age-restricted channels.",
+                messages.ngettext(
+                    "The safety checker flagged {n} picture; shown because this server allows "
+                    "that in age-restricted channels.",
+                    "The safety checker flagged {n} pictures; shown because this server allows "
+                    "that in age-restricted channels.",
+                    shown_flagged,
+                ),
             )
         await self.post(job, pngs, request, notes, withheld=withheld)
 
@@ -637,50 +695,73 @@ class JobRunner(CompareMixin):
 
         ``withheld`` images (flagged by the safety checker) are not among ``pngs``: the post
         says how many. When it can't be posted anywhere, the reason is recorded so that a
-        restart does not try again.
+        restart does not try again. Everything is in the server's language (the delivery's).
         """
         delivery = job.delivery
         if withheld:
             total = len(pngs) + withheld
+            flagged: str
             if pngs:
-                what = f"{withheld} of {plural(total, 'picture')}"
+                flagged = messages.ngettext(
+                    "🔞 The model's safety checker flagged {n} of {total} pictures; it is not "
+                    "posted. Try another seed or a different prompt.",
+                    "🔞 The model's safety checker flagged {n} of {total} pictures; they are not "
+                    "posted. Try another seed or a different prompt.",
+                    withheld,
+                    total=total,
+                )
+            elif total == 1:
+                flagged = Message(
+                    N_(
+                        "🔞 The model's safety checker flagged the picture; it is not posted. "
+                        "Try another seed or a different prompt."
+                    )
+                )
             else:
-                what = "the picture" if total == 1 else f"all {total} pictures"
-            notes = (
-                f"🔞 The model's safety checker flagged {what}; "
-                f"{'they are' if withheld != 1 else 'it is'} not posted. "
-                "Try another seed or a different prompt.",
-                *notes,
-            )
+                flagged = messages.ngettext(
+                    "🔞 The model's safety checker flagged all {n} picture; they are not "
+                    "posted. Try another seed or a different prompt.",
+                    "🔞 The model's safety checker flagged all {n} pictures; they are not "
+                    "posted. Try another seed or a different prompt.",
+                    total,
+                )
+            notes = (flagged, *notes)
         limit = delivery.upload_limit()
         uploads = []
         for i, data in enumerate(pngs):
             upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{job.id}-{i}.png")
             if upload is None:
                 await delivery.final(
-                    content=f"Job #{job.id} is done, but its images are too large to upload here."
+                    content=Message(
+                        N_("Job #{job} is done, but its images are too large to upload here."),
+                        job=job.id,
+                    )
                 )
                 await self._gave_up(job, "images too large to upload, even scaled down")
                 return None
             uploads.append(upload)
         if any(u.scaled for u in uploads):
-            notes = (*notes, "Scaled down to fit Discord's upload limit; the settings still apply.")
-        embed = result_embed(
-            request,
-            job.id,
-            requester=f"<@{delivery.user_id}>",
-            eta_applies=self.engine.capabilities.eta,
-            pipeline_class=self.engine.capabilities.pipeline_class,
-            notes=notes,
-            parent_job_id=job.parent_job_id,
-            kind=job.kind,
-            upscaled=self._upscaled(request),
-        )
+            notes = (
+                *notes,
+                Message(N_("Scaled down to fit Discord's upload limit; the settings still apply.")),
+            )
+        # A public post: the embed and the buttons in the server's language.
+        with in_locale(await delivery.locale()):
+            embed = result_embed(
+                request,
+                job.id,
+                requester=f"<@{delivery.user_id}>",
+                eta_applies=self.engine.capabilities.eta,
+                pipeline_class=self.engine.capabilities.pipeline_class,
+                notes=notes,
+                parent_job_id=job.parent_job_id,
+                kind=job.kind,
+                upscaled=self._upscaled(request),
+            )
+            view = self._result_view(job, len(uploads))
         if len(uploads) == 1:
             embed.set_image(url=f"attachment://{uploads[0].filename}")
-        return await self.publish(
-            job, embed=embed, uploads=uploads, view=self._result_view(job, len(uploads))
-        )
+        return await self.publish(job, embed=embed, uploads=uploads, view=view)
 
     async def publish(self, job: Job, **message: Any) -> discord.Message | None:
         """Post a finished job's message and remember where; a job withdrawn meanwhile is not
@@ -743,14 +824,14 @@ class JobRunner(CompareMixin):
         )
         if record is None or not (mine or here):
             # Another server's or someone's DM job reads as missing: its number says nothing.
-            await answer_privately(interaction, f"There is no job #{job_id} here.")
+            await answer_privately(interaction, _("There is no job #{job} here.", job=job_id))
             return
         perms = getattr(interaction, "permissions", None)
         moderator = here and perms is not None and perms.manage_messages
         if not (mine or moderator):
             await answer_privately(
                 interaction,
-                "Only the person who asked for this drawing or a moderator can delete it.",
+                _("Only the person who asked for this drawing or a moderator can delete it."),
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -758,7 +839,7 @@ class JobRunner(CompareMixin):
             with contextlib.suppress(discord.NotFound):
                 await interaction.message.delete()
         await self.store.mark_deleted(job_id, interaction.user.id)
-        await interaction.followup.send(f"Deleted job #{job_id}.", ephemeral=True)
+        await interaction.followup.send(_("Deleted job #{job}.", job=job_id), ephemeral=True)
 
     # -- purging and forgetting ----------------------------------------------------------
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.errors import InvalidSetting, OverServerLimit
-from bot.render import plural
 from bot.settings import Settings
 from bot.store import GuildSettings
+from pipeline import messages
 from pipeline.compare import MAX_CELLS
 from pipeline.engine import Capabilities
+from pipeline.messages import N_, Message
 from pipeline.request import DrawRequest
 from pipeline.samplers import SAMPLERS, sampler_label
 
+# Messages: translated where they are shown (``bot.i18n.localize``).
 NSFW_LABELS = {
-    "filter": "flagged images are never posted",
-    "age_restricted": "flagged images are posted in age-restricted channels only",
+    "filter": Message(N_("flagged images are never posted")),
+    "age_restricted": Message(N_("flagged images are posted in age-restricted channels only")),
 }
 
 
@@ -68,28 +70,49 @@ class Policy:
             return
         if request.steps > self.max_steps:
             raise OverServerLimit(
-                f"This server allows at most {self.max_steps} steps; "
-                f"pick {self.max_steps} or fewer."
+                N_("This server allows at most {limit} steps; pick {limit} or fewer."),
+                limit=self.max_steps,
             )
-        for name, side in (("width", request.width), ("height", request.height)):
+        sides = (
+            (
+                N_(
+                    "This server allows pictures up to {limit}x{limit} pixels; pick a width of "
+                    "{limit} or less."
+                ),
+                request.width,
+            ),
+            (
+                N_(
+                    "This server allows pictures up to {limit}x{limit} pixels; pick a height "
+                    "of {limit} or less."
+                ),
+                request.height,
+            ),
+        )
+        for message, side in sides:
             if side is not None and side > self.max_side:
-                raise OverServerLimit(
-                    f"This server allows pictures up to {self.max_side}x{self.max_side} pixels; "
-                    f"pick a {name} of {self.max_side} or less."
-                )
+                raise OverServerLimit(message, limit=self.max_side)
         if request.count > self.max_count:
             raise OverServerLimit(
-                f"This server allows at most {plural(self.max_count, 'picture')} per drawing; "
-                f"ask for {self.max_count} or fewer."
+                messages.ngettext(
+                    "This server allows at most {n} picture per drawing; ask for {n} or fewer.",
+                    "This server allows at most {n} pictures per drawing; ask for {n} or fewer.",
+                    self.max_count,
+                )
             )
 
     def check_queue(self, mine: int) -> None:
         """Raise ``OverServerLimit`` if a member with ``mine`` jobs waiting can't add one."""
         if mine >= self.max_queued_per_user:
             raise OverServerLimit(
-                f"This server allows {plural(self.max_queued_per_user, 'drawing')} per member "
-                f"waiting or in progress, and you have {mine}. Wait for one to finish, "
-                "or use /cancel."
+                messages.ngettext(
+                    "This server allows {n} drawing per member waiting or in progress, and you "
+                    "have {mine}. Wait for one to finish, or use /cancel.",
+                    "This server allows {n} drawings per member waiting or in progress, and you "
+                    "have {mine}. Wait for one to finish, or use /cancel.",
+                    self.max_queued_per_user,
+                    mine=mine,
+                )
             )
 
 
@@ -97,38 +120,51 @@ def validate_settings(stored: GuildSettings, caps: Capabilities, settings: Setti
     """Raise ``InvalidSetting`` saying what to change if the model or the bot can't honour it."""
     if stored.max_steps is not None and stored.max_steps > caps.max_steps:
         raise InvalidSetting(
-            f"The bot allows at most {caps.max_steps} steps; pick a max steps of "
-            f"{caps.max_steps} or fewer."
+            N_("The bot allows at most {limit} steps; pick a max steps of {limit} or fewer."),
+            limit=caps.max_steps,
         )
     if stored.max_side is not None:
-        problem = caps.side_problem("The max size", stored.max_side)
+        problem = caps.side_problem(Message(N_("The max size")), stored.max_side)
         if problem:
             raise InvalidSetting(problem)
     if stored.max_count is not None and stored.max_count > caps.max_count:
         raise InvalidSetting(
-            f"The model draws at most {caps.max_count} pictures at once; "
-            f"pick a max count of {caps.max_count} or fewer."
+            N_(
+                "The model draws at most {limit} pictures at once; pick a max count of {limit} "
+                "or fewer."
+            ),
+            limit=caps.max_count,
         )
     cap = settings.max_queued_per_user
     if stored.max_queued_per_user is not None and stored.max_queued_per_user > cap:
         raise InvalidSetting(
-            f"The bot allows at most {cap} drawings per member waiting across all servers; "
-            f"pick a max queued of {cap} or fewer."
+            N_(
+                "The bot allows at most {limit} drawings per member waiting across all "
+                "servers; pick a max queued of {limit} or fewer."
+            ),
+            limit=cap,
         )
     if stored.default_sampler is not None and stored.default_sampler not in caps.samplers:
         names = ", ".join(SAMPLERS[s].label for s in caps.samplers)
         raise InvalidSetting(
-            f"{sampler_label(stored.default_sampler)} can't be used with {caps.model}; "
-            f"pick one of: {names}."
+            N_("{sampler} can't be used with {model}; pick one of: {names}."),
+            sampler=sampler_label(stored.default_sampler),
+            model=caps.model,
+            names=names,
         )
     cells = stored.max_compare_cells
     if cells is not None and not 1 <= cells <= MAX_CELLS:
         raise InvalidSetting(
-            f"A comparison can have 1 to {MAX_CELLS} cells; pick a number in that range."
+            N_("A comparison can have 1 to {max} cells; pick a number in that range."),
+            max=MAX_CELLS,
         )
     max_steps = stored.max_steps or caps.max_steps
     if stored.default_steps is not None and stored.default_steps > max_steps:
         raise InvalidSetting(
-            f"The default steps ({stored.default_steps}) can't be above the max steps "
-            f"({max_steps}); lower the default steps or raise the max steps."
+            N_(
+                "The default steps ({default}) can't be above the max steps ({max}); lower the "
+                "default steps or raise the max steps."
+            ),
+            default=stored.default_steps,
+            max=max_steps,
         )

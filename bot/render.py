@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
+from bot.i18n import _, localize
 from bot.text import plain
 from pipeline.pngmeta import PARAMETERS_KEY, png_bytes, read_parameters
 from pipeline.request import DrawRequest, guidance_label
@@ -18,7 +19,9 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit
 
 
 def plural(n: int, word: str) -> str:
-    """``n`` and ``word``, with an "s" unless ``n`` is 1: "1 picture", "2 pictures"."""
+    """``n`` and ``word``, with an "s" unless ``n`` is 1: "1 picture", "2 pictures".
+
+    English only (the operator's logs); text for members uses ``bot.i18n.ngettext``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
@@ -40,57 +43,82 @@ def result_embed(
     kind: str = "draw",
     upscaled: tuple[int, str] | None = None,
 ) -> discord.Embed:
-    """The settings that made the picture, with the exact field names users look for.
+    """The settings that made the picture, with the exact field names users look for, in the
+    current locale (the caller picks it: the server's for a public post).
 
     Guidance is shown as it acts on ``pipeline_class`` (the engine's): "1 (off)", and on SD
     models "0.5 (off)" too, since diffusers runs no classifier-free guidance there up to 1.
+    ``notes`` may be ``Message``s: they are translated here.
     """
     # User text, shown literally: no masked links or markdown under the bot's name.
     embed = discord.Embed(description=plain(shorten(request.prompt, 1000)), colour=EMBED_COLOUR)
     if request.negative_prompt:
         embed.add_field(
-            name="Negative prompt", value=plain(shorten(request.negative_prompt, 400)), inline=False
+            name=_("Negative prompt"),
+            value=plain(shorten(request.negative_prompt, 400)),
+            inline=False,
         )
     seeds = request.seeds()
-    embed.add_field(name="Seed", value=", ".join(map(str, seeds)))
-    embed.add_field(name="Steps", value=str(request.steps))
-    embed.add_field(name="Guidance", value=guidance_label(request.guidance, pipeline_class))
+    # Seeds are numbers people copy back: written plainly, never grouped.
+    embed.add_field(name=_("Seed"), value=", ".join(map(str, seeds)))
+    embed.add_field(name=_("Steps"), value=str(request.steps))
+    embed.add_field(
+        name=_("Guidance"), value=localize(guidance_label(request.guidance, pipeline_class))
+    )
     if eta_applies and request.sampler in SAMPLERS and SAMPLERS[request.sampler].uses_eta:
-        embed.add_field(name="Eta", value=f"{request.eta:g}")
-    embed.add_field(name="Sampler", value=sampler_label(request.sampler))
+        embed.add_field(name=_("Eta"), value=f"{request.eta:g}")
+    embed.add_field(name=_("Sampler"), value=sampler_label(request.sampler))
     if upscaled is not None and request.width and request.height:
         factor, upscaler = upscaled
-        size = f"{request.width * factor}x{request.height * factor}"
-        embed.add_field(name="Size", value=f"{size} ({factor}x {request.width}x{request.height})")
-        embed.add_field(name="Upscaler", value=shorten(upscaler, 200))
+        embed.add_field(
+            name=_("Size"),
+            value=_(
+                "{width}x{height} ({factor}x {source_width}x{source_height})",
+                width=request.width * factor,
+                height=request.height * factor,
+                factor=factor,
+                source_width=request.width,
+                source_height=request.height,
+            ),
+        )
+        embed.add_field(name=_("Upscaler"), value=shorten(upscaler, 200))
     else:
-        embed.add_field(name="Size", value=f"{request.width}x{request.height}")
-    embed.add_field(name="Model", value=shorten(str(request.model), 200))
+        embed.add_field(name=_("Size"), value=f"{request.width}x{request.height}")
+    embed.add_field(name=_("Model"), value=shorten(str(request.model), 200))
     if request.task == "img2img" and request.strength is not None:
-        embed.add_field(name="Strength", value=f"{request.strength:g}")
+        embed.add_field(name=_("Strength"), value=f"{request.strength:g}")
         if not parent_job_id:
-            embed.add_field(name="Started from", value="a picture they attached")
+            embed.add_field(name=_("Started from"), value=_("a picture they attached"))
     variations = request.variation_seeds()
     if variations is not None and request.variation_strength > 0:
         embed.add_field(
-            name="Variation",
-            value=f"seed {', '.join(map(str, variations))} at {request.variation_strength:g}",
+            name=_("Variation"),
+            value=_(
+                "seed {seeds} at {strength}",
+                seeds=", ".join(map(str, variations)),
+                strength=f"{request.variation_strength:g}",
+            ),
         )
-    if not parent_job_id:
-        credit = "Requested by"
-    elif kind == "vary":
-        credit = f"Variation of job #{parent_job_id} by"
-    elif kind == "upscale":
-        credit = f"Upscaled from job #{parent_job_id} by"
-    elif kind == "remix":
-        credit = f"Remix of job #{parent_job_id} by"
-    else:
-        credit = f"Rerolled from job #{parent_job_id} by"
-    embed.add_field(name="\u200b", value=f"{credit} {requester}", inline=False)
+    embed.add_field(
+        name="\u200b", value=credit(requester, parent_job_id=parent_job_id, kind=kind), inline=False
+    )
     for note in notes[:3]:
-        embed.add_field(name="Note", value=shorten(note, 1000), inline=False)
-    embed.set_footer(text=f"Job #{job_id}")
+        embed.add_field(name=_("Note"), value=shorten(localize(note), 1000), inline=False)
+    embed.set_footer(text=_("Job #{job}", job=job_id))
     return embed
+
+
+def credit(requester: str, *, parent_job_id: int | None, kind: str) -> str:
+    """Who asked for a result, and what it was made from: "Requested by @alice"."""
+    if not parent_job_id:
+        return _("Requested by {requester}", requester=requester)
+    if kind == "vary":
+        return _("Variation of job #{job} by {requester}", job=parent_job_id, requester=requester)
+    if kind == "upscale":
+        return _("Upscaled from job #{job} by {requester}", job=parent_job_id, requester=requester)
+    if kind == "remix":
+        return _("Remix of job #{job} by {requester}", job=parent_job_id, requester=requester)
+    return _("Rerolled from job #{job} by {requester}", job=parent_job_id, requester=requester)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from pipeline.engine import Capabilities
 from pipeline.errors import EaselError
+from pipeline.messages import N_, Message
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4_000_000
@@ -37,7 +38,7 @@ class Upload:
     png: bytes
     width: int
     height: int
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # Messages, translated where they are shown
 
 
 async def read_upload(
@@ -48,8 +49,9 @@ async def read_upload(
     identical uploads are two files, each deleted with its own member's data."""
     if attachment.size > MAX_UPLOAD_BYTES:
         raise BadUpload(
-            f"That file is {attachment.size / 1024 / 1024:.1f} MB; attach a picture of "
-            f"{MAX_UPLOAD_BYTES // 1024 // 1024} MB or less."
+            N_("That file is {size} MB; attach a picture of {max} MB or less."),
+            size=f"{attachment.size / 1024 / 1024:.1f}",
+            max=MAX_UPLOAD_BYTES // 1024 // 1024,
         )
     width, height = attachment.width, attachment.height
     if width and height and width * height > MAX_UPLOAD_PIXELS:
@@ -57,14 +59,22 @@ async def read_upload(
     try:
         data = await asyncio.wait_for(attachment.read(), DOWNLOAD_TIMEOUT_S)
     except (TimeoutError, discord.HTTPException) as exc:
-        raise BadUpload("Discord didn't hand over that picture in time; please try again.") from exc
+        raise BadUpload(
+            N_("Discord didn't hand over that picture in time; please try again.")
+        ) from exc
     return await asyncio.to_thread(prepare, data, caps, max_side=max_side, owner=owner)
 
 
 def _too_many_pixels(width: int, height: int) -> BadUpload:
     return BadUpload(
-        f"That picture is {width}x{height} ({width * height / 1e6:.1f} megapixels); attach one "
-        f"of at most {MAX_UPLOAD_PIXELS / 1e6:g} megapixels."
+        N_(
+            "That picture is {width}x{height} ({megapixels} megapixels); attach one of at most "
+            "{max} megapixels."
+        ),
+        width=width,
+        height=height,
+        megapixels=f"{width * height / 1e6:.1f}",
+        max=f"{MAX_UPLOAD_PIXELS / 1e6:g}",
     )
 
 
@@ -77,21 +87,21 @@ def prepare(data: bytes, caps: Capabilities, *, max_side: int, owner: int) -> Up
             opened = Image.open(io.BytesIO(data), formats=FORMATS)
     except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadUpload(
-            "That file isn't a picture Easel can read; attach a PNG, JPEG, WebP or GIF."
+            N_("That file isn't a picture Easel can read; attach a PNG, JPEG, WebP or GIF.")
         ) from exc
     with opened:
         # Checked from the header, before the pixels are decoded.
         if opened.width * opened.height > MAX_UPLOAD_PIXELS:
             raise _too_many_pixels(opened.width, opened.height)
         if getattr(opened, "n_frames", 1) > 1:
-            notes.append("Your picture is animated; its first frame was used.")
+            notes.append(Message(N_("Your picture is animated; its first frame was used.")))
             opened.seek(0)
         try:
             picture = ImageOps.exif_transpose(opened)  # a phone's photo the right way up
             picture.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise BadUpload(
-                "That picture could not be decoded (the file may be damaged); attach another."
+                N_("That picture could not be decoded (the file may be damaged); attach another.")
             ) from exc
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         # Transparent parts become white, as they show on Discord's light theme.
@@ -104,9 +114,20 @@ def prepare(data: bytes, caps: Capabilities, *, max_side: int, owner: int) -> Up
     width, height = fitted_size(picture.width, picture.height, caps, largest)
     if (width, height) != picture.size:
         notes.append(
-            f"Your picture was resized from {picture.width}x{picture.height} to {width}x{height}:"
-            f" sides must be multiples of {caps.size_multiple}, from "
-            f"{caps.min_side} to {largest} pixels here."
+            Message(
+                N_(
+                    "Your picture was resized from {old_width}x{old_height} to "
+                    "{width}x{height}: sides must be multiples of {multiple}, from {min} to "
+                    "{max} pixels here."
+                ),
+                old_width=picture.width,
+                old_height=picture.height,
+                width=width,
+                height=height,
+                multiple=caps.size_multiple,
+                min=caps.min_side,
+                max=largest,
+            )
         )
         picture = picture.resize((width, height), Image.Resampling.LANCZOS)
     from PIL.PngImagePlugin import PngInfo

@@ -1,5 +1,11 @@
 """Buttons: Reroll and Delete on every result, the cell menu under comparison grids (they survive
-restarts), and history pages."""
+restarts), and history pages.
+
+Labels are set when a view is built, in the current locale: the caller builds a public post's
+view inside ``in_locale(<the server's>)``. Items re-created from custom ids after a restart only
+dispatch (the labels shown are the message's). Every item's, form's and page's
+``interaction_check`` enters the clicking member's locale, so the callback answers in it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import i18n
+from bot.i18n import _, localize, ngettext
 from bot.listing import describe_record
 from bot.render import EMBED_COLOUR, shorten
 from bot.replies import answer_privately
@@ -21,6 +29,15 @@ if TYPE_CHECKING:
 PAGE_SIZE = 5
 
 
+class InMemberLocale:
+    """Mixed into items: the click is answered in the clicking member's language."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # discord.py runs the check and then the callback in one task: the locale holds.
+        i18n.enter(interaction)
+        return True
+
+
 def _job_button(action: str, job_id: int, label: str, emoji: str, style: discord.ButtonStyle):
     return discord.ui.Button(
         label=label, emoji=emoji, style=style, custom_id=f"easel:{action}:{job_id}"
@@ -28,12 +45,16 @@ def _job_button(action: str, job_id: int, label: str, emoji: str, style: discord
 
 
 class RerollButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:reroll:(?P<job>\d+)"
+    InMemberLocale,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:reroll:(?P<job>\d+)",
 ):
     """Same settings, new random seed; anyone may click, and the result credits the clicker."""
 
     def __init__(self, job_id: int) -> None:
-        super().__init__(_job_button("reroll", job_id, "Reroll", "🎲", discord.ButtonStyle.primary))
+        super().__init__(
+            _job_button("reroll", job_id, _("Reroll"), "🎲", discord.ButtonStyle.primary)
+        )
         self.job_id = job_id
 
     @classmethod
@@ -48,13 +69,15 @@ class RerollButton(
 
 
 class DeleteButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:delete:(?P<job>\d+)"
+    InMemberLocale,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:delete:(?P<job>\d+)",
 ):
     """Deletes the result: its requester or a member with Manage Messages."""
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
-            _job_button("delete", job_id, "Delete", "🗑️", discord.ButtonStyle.secondary)
+            _job_button("delete", job_id, _("Delete"), "🗑️", discord.ButtonStyle.secondary)
         )
         self.job_id = job_id
 
@@ -76,7 +99,9 @@ _STRENGTHS = {"subtle": VARY_SUBTLE, "strong": VARY_STRONG}
 
 
 class VaryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:vary:(?P<job>\d+):(?P<i>\d)"
+    InMemberLocale,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:vary:(?P<job>\d+):(?P<i>\d)",
 ):
     """``V1``..``Vn``: asks (privately) how strong a variation of that picture to draw."""
 
@@ -102,15 +127,22 @@ class VaryButton(
         for how in _STRENGTHS:
             view.add_item(VaryStrengthButton(self.job_id, self.index, how))
         await interaction.response.send_message(
-            f"A variation of picture {self.index + 1} of job #{self.job_id}: same settings and "
-            f"seed, its noise mixed with a new seed's. Subtle keeps it close "
-            f"({VARY_SUBTLE:g}); strong changes more ({VARY_STRONG:g}).",
+            _(
+                "A variation of picture {picture} of job #{job}: same settings and seed, its "
+                "noise mixed with a new seed's. Subtle keeps it close ({subtle}); strong "
+                "changes more ({strong}).",
+                picture=self.index + 1,
+                job=self.job_id,
+                subtle=f"{VARY_SUBTLE:g}",
+                strong=f"{VARY_STRONG:g}",
+            ),
             view=view,
             ephemeral=True,
         )
 
 
 class VaryStrengthButton(
+    InMemberLocale,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"easel:varyby:(?P<job>\d+):(?P<i>\d):(?P<how>subtle|strong)",
 ):
@@ -119,7 +151,7 @@ class VaryStrengthButton(
     def __init__(self, job_id: int, index: int, how: str) -> None:
         super().__init__(
             discord.ui.Button(
-                label=f"Vary ({how.capitalize()})",
+                label=_("Vary (Strong)") if how == "strong" else _("Vary (Subtle)"),
                 emoji="🌀" if how == "strong" else "🌱",
                 style=discord.ButtonStyle.primary,
                 custom_id=f"easel:varyby:{job_id}:{index}:{how}",
@@ -142,6 +174,7 @@ class VaryStrengthButton(
 
 
 class UpscaleButton(
+    InMemberLocale,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"easel:upscale:(?P<job>\d+):(?P<i>\d)",
 ):
@@ -173,7 +206,9 @@ DEFAULT_REMIX_STRENGTH = 0.6
 
 
 class RemixButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"easel:remix:(?P<job>\d+):(?P<n>\d)"
+    InMemberLocale,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"easel:remix:(?P<job>\d+):(?P<n>\d)",
 ):
     """Remix: a form with the prompt (to edit) and the strength, then a drawing from that
     result (models with an image-to-image form only)."""
@@ -181,7 +216,7 @@ class RemixButton(
     def __init__(self, job_id: int, images: int) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Remix",
+                label=_("Remix"),
                 emoji="🎨",
                 style=discord.ButtonStyle.secondary,
                 custom_id=f"easel:remix:{job_id}:{images}",
@@ -202,20 +237,22 @@ class RemixButton(
 
 class RemixForm(discord.ui.Modal):
     """The prompt (pre-filled) and the strength of a remix; the picture's number when a post
-    has several."""
+    has several. Built in the member's locale (it is theirs alone)."""
 
     def __init__(self, job_id: int, images: int, prompt: str) -> None:
-        super().__init__(title=f"Remix job #{job_id}", custom_id=f"easel:remixform:{job_id}")
+        super().__init__(
+            title=_("Remix job #{job}", job=job_id), custom_id=f"easel:remixform:{job_id}"
+        )
         self.job_id = job_id
         self.prompt: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
-            label="Prompt",
+            label=_("Prompt"),
             custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:4000],
             max_length=4000,
         )
         self.strength: discord.ui.TextInput[RemixForm] = discord.ui.TextInput(
-            label="Strength: how much to redraw (0.1-1)",
+            label=_("Strength: how much to redraw (0.1-1)"),
             custom_id="strength",
             default=f"{DEFAULT_REMIX_STRENGTH:g}",
             max_length=8,
@@ -225,9 +262,16 @@ class RemixForm(discord.ui.Modal):
         self.add_item(self.strength)
         if images > 1:
             self.picture = discord.ui.TextInput(
-                label=f"Which picture (1-{images})", custom_id="picture", default="1", max_length=1
+                label=_("Which picture (1-{images})", images=images),
+                custom_id="picture",
+                default="1",
+                max_length=1,
             )
             self.add_item(self.picture)
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        i18n.enter(interaction)  # the submit is answered in the member's language
+        return True
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         bot: Easel = interaction.client  # type: ignore[assignment]
@@ -237,12 +281,12 @@ class RemixForm(discord.ui.Modal):
         except ValueError:
             await answer_privately(
                 interaction,
-                "The strength must be a number like 0.6, and the picture a number like 1.",
+                _("The strength must be a number like 0.6, and the picture a number like 1."),
             )
             return
         if not 0 < strength <= 1:
             await answer_privately(
-                interaction, "The strength must be above 0 and at most 1, like 0.6."
+                interaction, _("The strength must be above 0 and at most 1, like 0.6.")
             )
             return
         work = bot.jobs.remix(interaction, self.job_id, index, self.prompt.value, strength)
@@ -258,7 +302,8 @@ def result_view(
     remix: bool = False,
 ) -> discord.ui.View:
     """Reroll, Delete and Remix (models that draw from a picture); V1..Vn (one per posted
-    picture) on the next row, U1..Un (when an upscaler is set up) on the row after."""
+    picture) on the next row, U1..Un (when an upscaler is set up) on the row after. Labelled
+    in the current locale."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
@@ -279,7 +324,9 @@ def cell_view(cell_id: int) -> discord.ui.View:
 
 
 class CellMenu(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"easel:cells:(?P<job>\d+)"
+    InMemberLocale,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"easel:cells:(?P<job>\d+)",
 ):
     """ "Open a cell" under a comparison grid: shows the chosen cell privately, full size."""
 
@@ -287,7 +334,7 @@ class CellMenu(
         super().__init__(
             discord.ui.Select(
                 custom_id=f"easel:cells:{compare_id}",
-                placeholder="Open a cell",
+                placeholder=_("Open a cell"),
                 options=options or [discord.SelectOption(label="-", value="0")],
             )
         )
@@ -305,7 +352,7 @@ class CellMenu(
         data: Any = interaction.data or {}
         values = list(self.item.values) or list(data.get("values", []))
         if not values or not str(values[0]).isdigit():
-            await interaction.response.send_message("Pick a cell from the menu.", ephemeral=True)
+            await interaction.response.send_message(_("Pick a cell from the menu."), ephemeral=True)
             return
         await bot.guarded(
             interaction, bot.jobs.open_cell(interaction, self.compare_id, int(values[0]))
@@ -321,12 +368,12 @@ def comparison_view(
     for cell in comparison.cells():
         if cell.index not in drawn:
             continue
-        label = ", ".join(comparison.cell_labels(cell))
+        label = ", ".join(localize(label) for label in comparison.cell_labels(cell))
         options.append(
             discord.SelectOption(
-                label=shorten(label, 100) or f"Cell {cell.index + 1}",
+                label=shorten(label, 100) or _("Cell {cell}", cell=cell.index + 1),
                 value=str(cell_ids[cell.index]),
-                description=f"Job #{cell_ids[cell.index]}",
+                description=_("Job #{job}", job=cell_ids[cell.index]),
             )
         )
     if options:
@@ -373,6 +420,9 @@ class HistoryPages(discord.ui.View):
         self.page = 0
         self.records: list[JobRecord] = []
         self.has_more = False
+        # The decorators' labels are English: the pages are in the member's locale.
+        self.previous.label = _("Prev")
+        self.next.label = _("Next")
 
     async def fetch(self) -> None:
         rows = await self.load(self.cursors[self.page])
@@ -382,18 +432,24 @@ class HistoryPages(discord.ui.View):
         self.next.disabled = not self.has_more
 
     def footer(self) -> str:
-        page = f"Page {self.page + 1}"
+        page = self.page + 1
         if self.total is None:
-            return page
+            return _("Page {page}", page=page)
         if self.total > COUNT_CAP:
-            return f"{page} · {COUNT_CAP}+ job(s)"
+            return _("Page {page} · {count}+ jobs", page=page, count=COUNT_CAP)
         pages = max(1, -(-self.total // PAGE_SIZE), self.page + 1)
-        return f"{page} of {pages} · {self.total} job(s)"
+        return ngettext(
+            "Page {page} of {pages} · {n} job",
+            "Page {page} of {pages} · {n} jobs",
+            self.total,
+            page=page,
+            pages=pages,
+        )
 
     def embed(self) -> discord.Embed:
         embed = discord.Embed(title=self.title, colour=EMBED_COLOUR)
         if not self.records:
-            embed.description = "Nothing here yet."
+            embed.description = _("Nothing here yet.")
         else:
             embed.description = "\n\n".join(
                 describe_record(r, show_requester=self.show_requester) for r in self.records
@@ -402,9 +458,10 @@ class HistoryPages(discord.ui.View):
         return embed
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        i18n.enter(interaction)
         if interaction.user.id != self.owner_id:
             await interaction.response.send_message(
-                "These pages belong to someone else; run the command yourself.", ephemeral=True
+                _("These pages belong to someone else; run the command yourself."), ephemeral=True
             )
             return False
         return True

@@ -26,14 +26,14 @@ async def test_history_shows_your_own_jobs_newest_first_in_pages(world):
     assert "alice picture 1" not in text and "bob picture" not in text
     assert "**#7**" in text and "seed " in text and "PNDM" in text and "1 steps" in text
     assert "[message](" in text and "<t:" in text
-    assert embed.footer.text == "Page 1 of 2 · 7 job(s)"
+    assert embed.footer.text == "Page 1 of 2 · 7 jobs"
 
     await world.alice.click(r.response, label="Next")
     updated = next(m for m in world.channel.history(viewer=world.alice) if m.id == r.response.id)
     text2 = updated.embeds[0].description
     assert "alice picture 1" in text2 and "alice picture 0" in text2
     assert "alice picture 6" not in text2
-    assert updated.embeds[0].footer.text == "Page 2 of 2 · 7 job(s)"
+    assert updated.embeds[0].footer.text == "Page 2 of 2 · 7 jobs"
 
     await world.alice.click(updated, label="Prev")
     back = next(m for m in world.channel.history(viewer=world.alice) if m.id == r.response.id)
@@ -97,7 +97,7 @@ async def test_mod_history_search_pages_without_counting_every_match(world, monk
     r = await world.mod.slash(world.channel, "mod history", query="FOX")
     embed = r.response.embeds[0]
     assert "Red Ｆｏｘ 6" in embed.description and "owl" not in embed.description
-    assert embed.footer.text == "Page 1 of 2 · 7 job(s)"
+    assert embed.footer.text == "Page 1 of 2 · 7 jobs"
     await world.mod.click(r.response, label="Next")
     page2 = next(m for m in world.channel.history(viewer=world.mod) if m.id == r.response.id)
     assert "Red Ｆｏｘ 1" in page2.embeds[0].description
@@ -110,6 +110,6 @@ async def test_mod_history_search_pages_without_counting_every_match(world, monk
     monkeypatch.setattr(sys.modules["bot.cogs.history"], "COUNT_CAP", 3)
     monkeypatch.setattr(sys.modules["bot.views"], "COUNT_CAP", 3)
     r = await world.mod.slash(world.channel, "mod history", query="o")
-    assert r.response.embeds[0].footer.text == "Page 1 · 3+ job(s)"
+    assert r.response.embeds[0].footer.text == "Page 1 · 3+ jobs"
     r = await world.mod.slash(world.channel, "mod history", user=world.bob, query="owl 1")
-    assert r.response.embeds[0].footer.text == "Page 1 of 1 · 1 job(s)"
+    assert r.response.embeds[0].footer.text == "Page 1 of 1 · 1 job"
