@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import discord
 from babel import Locale
 from babel.dates import format_datetime
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
@@ -73,14 +74,47 @@ def catalogue(locale: str) -> Translations | None:
     """The compiled catalogue of ``locale`` (None for the source language)."""
     if locale == DEFAULT:
         return None
-    path = LOCALES_DIR / locale.replace("-", "_") / "LC_MESSAGES" / f"{DOMAIN}.po"
-    with path.open("rb") as po:
-        catalog = read_po(po, locale=locale.replace("-", "_"))
+    catalog = read_catalogue(locale)
     # Compiled in memory: the .po files are the only thing kept in the repository.
     mo = io.BytesIO()
     write_mo(mo, catalog, use_fuzzy=False)
     mo.seek(0)
     return Translations(mo, domain=DOMAIN)
+
+
+def catalogue_files(locale: str) -> list[Path]:
+    """The .po files of ``locale``: ``messages.po``, then any fragment beside it (a
+    translator's part not merged yet), which fills only what ``messages.po`` leaves empty."""
+    folder = LOCALES_DIR / locale.replace("-", "_") / "LC_MESSAGES"
+    main = folder / f"{DOMAIN}.po"
+    return [main, *sorted(p for p in folder.glob("*.po") if p != main)]
+
+
+def read_catalogue(locale: str) -> Catalog:
+    """``locale``'s messages as one Babel catalogue (``messages.po`` and its fragments)."""
+    merged: Catalog | None = None
+    for path in catalogue_files(locale):
+        with path.open("rb") as po:
+            catalog = read_po(po, locale=locale.replace("-", "_"))
+        if merged is None:
+            merged = catalog
+            continue
+        for message in catalog:
+            if not message.id or not _filled(message.string):
+                continue
+            known = merged.get(message.id)
+            if known is None:
+                merged[message.id] = message
+            elif not _filled(known.string):
+                known.string = message.string
+    assert merged is not None
+    return merged
+
+
+def _filled(string: str | tuple[str, ...] | None) -> bool:
+    if isinstance(string, tuple):
+        return bool(string) and all(string)
+    return bool(string)
 
 
 def current() -> str:
