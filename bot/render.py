@@ -91,12 +91,13 @@ def result_embed(
             embed.add_field(name=_("Started from"), value=_("a picture they attached"))
     variations = request.variation_seeds()
     if variations is not None and request.variation_strength > 0:
+        strength = f"{request.variation_strength:g}"
         embed.add_field(
             name=_("Variation"),
             value=_(
                 "seed {seeds} at {strength}",
                 seeds=", ".join(map(str, variations)),
-                strength=f"{request.variation_strength:g}",
+                strength=strength,
             ),
         )
     embed.add_field(

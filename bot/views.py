@@ -126,6 +126,7 @@ class VaryButton(
         view = discord.ui.View(timeout=None)
         for how in _STRENGTHS:
             view.add_item(VaryStrengthButton(self.job_id, self.index, how))
+        subtle, strong = f"{VARY_SUBTLE:g}", f"{VARY_STRONG:g}"
         await interaction.response.send_message(
             _(
                 "A variation of picture {picture} of job #{job}: same settings and seed, its "
@@ -133,8 +134,8 @@ class VaryButton(
                 "changes more ({strong}).",
                 picture=self.index + 1,
                 job=self.job_id,
-                subtle=f"{VARY_SUBTLE:g}",
-                strong=f"{VARY_STRONG:g}",
+                subtle=subtle,
+                strong=strong,
             ),
             view=view,
             ephemeral=True,
