@@ -233,7 +233,12 @@ def when(moment: dt.datetime) -> str:
 
 
 class Translator(app_commands.Translator):
-    """Gives Discord the zh-CN names, descriptions and choice labels of the commands."""
+    """Gives Discord the zh-CN names, descriptions and choice labels of the commands.
+
+    A ``locale_str`` is looked up by its text, or by ``extras["msgid"]`` when it has one (a
+    message id with ``{placeholders}``, discord.py's advice); its other extras fill the
+    placeholders: ``locale_str(f"What to draw, e.g. {example}", msgid="What to draw, e.g.
+    {example}", example=example)``."""
 
     async def translate(
         self,
@@ -247,5 +252,14 @@ class Translator(app_commands.Translator):
         translations = catalogue(target)
         if translations is None:
             return None
-        text = translations.gettext(string.message)
-        return text if text != string.message else None
+        extras = dict(string.extras)
+        msgid = extras.pop("msgid", None)
+        text = translations.gettext(msgid or string.message)
+        if text == (msgid or string.message):
+            return None  # not translated: Discord shows the default
+        if msgid is None:
+            return text  # the text itself: no placeholders to fill
+        try:
+            return text.format(**extras)
+        except (KeyError, IndexError, ValueError):
+            return None

@@ -138,3 +138,32 @@ async def test_a_zh_cn_member_in_an_en_us_server_posts_english_and_hears_chinese
     assert fields(varied)["\u200b"] == f"Variation of job #1 by <@{world.bob.id}>"
     assert fields(varied)["Variation"].startswith("seed ")
     assert not world.env.errors
+
+
+async def test_a_comparison_in_a_zh_cn_server_is_captioned_and_labelled_in_chinese(world, locales):
+    server = world.env.create_guild("画画俱乐部", preferred_locale="zh-CN")
+    channel = server.create_text_channel("draw")
+    member = server.add_member(world.env.create_user("lin"))
+    locales.servers[server.id] = "zh-CN"
+    world.bot.executor.pause()
+    r = await member.slash(channel, "compare", prompt="a fox", steps="2, 3", seed=5)
+    # The queue notice is public: in the server's language, with why it waits.
+    assert r.response.content == (
+        "对比 #1（2 格） 已排队：下一个就是你。机器人的运营者已暂停绘图；恢复后就会开始。"
+    )
+    # A refusal is private: in the member's (here en-US) language.
+    refused = await member.slash(channel, "compare", prompt="a fox", steps="2, 2")
+    assert refused.ephemeral and refused.response.content.startswith("steps lists 2 twice")
+    world.bot.executor.resume()
+    await world.idle()
+    grid = r.response
+    f = fields(grid)
+    assert f["列 (X)"] == "步数：2, 3"
+    assert f["种子"] == "5"
+    assert f["\u200b"] == f"对比发起人：<@{member.id}>"
+    assert grid.embeds[0].footer.text.startswith("任务 #1 · 2 格对比（任务 #2-#3）· 每格相同：")
+    (menu,) = [c for row in grid.components for c in row["components"] if c["type"] == 3]
+    assert menu["placeholder"] == "打开一格"
+    assert [o["label"] for o in menu["options"]] == ["步数：2", "步数：3"]
+    assert [o["description"] for o in menu["options"]] == ["任务 #2", "任务 #3"]
+    assert labels(grid)[-2:] == ["重绘", "删除"]

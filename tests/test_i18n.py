@@ -322,3 +322,14 @@ def test_the_runtime_reads_the_same_catalogue_as_the_tests(zh):
         for m in list(zh)[1:20]:
             if m.id and isinstance(m.id, str) and m.string:
                 assert _(m.id) == m.string
+
+
+async def test_the_command_translator_looks_up_a_message_id_and_fills_its_extras():
+    from discord import app_commands
+
+    translator = i18n.Translator()
+    context: Any = None
+    hint = app_commands.locale_str("Job #7", msgid="Job #{job}", job=7)
+    assert await translator.translate(hint, discord.Locale.chinese, context) == "任务 #7"
+    broken = app_commands.locale_str("Job #7", msgid="Job #{job}")  # no value for {job}
+    assert await translator.translate(broken, discord.Locale.chinese, context) is None
