@@ -111,8 +111,8 @@ def read_catalogue(locale: str) -> Catalog:
     return merged
 
 
-def _filled(string: str | tuple[str, ...] | None) -> bool:
-    if isinstance(string, tuple):
+def _filled(string: str | tuple[str, ...] | list[str] | None) -> bool:
+    if isinstance(string, tuple | list):
         return bool(string) and all(string)
     return bool(string)
 
