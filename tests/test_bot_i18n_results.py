@@ -49,13 +49,17 @@ async def test_a_result_in_a_zh_cn_server_has_chinese_fields_and_buttons(world, 
     member = server.add_member(world.env.create_user("lin"))
     locales.servers[server.id] = "zh-CN"
 
-    r = await member.slash(channel, "draw", prompt="a squirrel eating a banana", seed=7)
+    r = await member.slash(channel, "draw", prompt="a squirrel eating a banana", seed=7, width=128)
     await world.idle()
     msg = r.response
     assert not msg.ephemeral
     f = fields(msg)
     assert f["种子"] == "7" and f["步数"] == "4" and f["引导系数"] == "6"
-    assert f["采样器"] == "PNDM" and f["尺寸"] == "64x64" and f["模型"] == "tiny:sd"
+    assert f["采样器"] == "PNDM" and f["尺寸"] == "128x64" and f["模型"] == "tiny:sd"
+    # The engine's note on the size, made on the GPU thread, is shown in the server's language.
+    assert f["提示"] == (
+        "tiny:sd 是在 64x64 下训练的；在 128x64 下画出的图片常常会被拉伸或出现重复，通常效果更差。"
+    )
     assert "Seed" not in f and "Steps" not in f
     assert f["\u200b"] == f"发起人：<@{member.id}>"
     assert msg.embeds[0].description == "a squirrel eating a banana"  # the prompt as typed
