@@ -54,17 +54,17 @@ async def test_a_result_in_a_zh_cn_server_has_chinese_fields_and_buttons(world, 
     msg = r.response
     assert not msg.ephemeral
     f = fields(msg)
-    assert f["种子"] == "7" and f["步数"] == "4" and f["引导系数"] == "6"
+    assert f["种子"] == "7" and f["步数"] == "4" and f["引导系数 (CFG)"] == "6"
     assert f["采样器"] == "PNDM" and f["尺寸"] == "128x64" and f["模型"] == "tiny:sd"
     # The engine's note on the size, made on the GPU thread, is shown in the server's language.
-    assert f["提示"] == (
+    assert f["备注"] == (
         "tiny:sd 是在 64x64 下训练的；在 128x64 下画出的图片常常会被拉伸或出现重复，通常效果更差。"
     )
     assert "Seed" not in f and "Steps" not in f
     assert f["\u200b"] == f"发起人：<@{member.id}>"
     assert msg.embeds[0].description == "a squirrel eating a banana"  # the prompt as typed
     assert msg.embeds[0].footer.text == "任务 #1"
-    assert labels(msg)[:3] == ["重绘", "删除", "重混"]
+    assert labels(msg)[:3] == ["重新生成", "删除", "重混"]
     assert "V1" in labels(msg) and "U1" in labels(msg)
 
     # After a restart, a post has only its channel's server to go by: the same language.
@@ -170,4 +170,4 @@ async def test_a_comparison_in_a_zh_cn_server_is_captioned_and_labelled_in_chine
     assert menu["placeholder"] == "打开一格"
     assert [o["label"] for o in menu["options"]] == ["步数：2", "步数：3"]
     assert [o["description"] for o in menu["options"]] == ["任务 #2", "任务 #3"]
-    assert labels(grid)[-2:] == ["重绘", "删除"]
+    assert labels(grid)[-2:] == ["重新生成", "删除"]

@@ -133,7 +133,7 @@ def test_translations_keep_markdown_and_emoji(zh):
 def test_underscore_translates_into_the_current_locale():
     assert _("Reroll") == "Reroll"
     with in_locale("zh-CN"):
-        assert _("Reroll") == "重绘"
+        assert _("Reroll") == "重新生成"
         assert _("Job #{job}", job=7) == "任务 #7"
         with in_locale("en-US"):
             assert _("Job #{job}", job=7) == "Job #7"
@@ -257,7 +257,7 @@ async def test_the_command_translator_gives_zh_cn_only():
     translator = i18n.Translator()
     context: Any = None
     text = app_commands.locale_str("Reroll")
-    assert await translator.translate(text, discord.Locale.chinese, context) == "重绘"
+    assert await translator.translate(text, discord.Locale.chinese, context) == "重新生成"
     assert await translator.translate(text, discord.Locale.taiwan_chinese, context) is None
     assert await translator.translate(text, discord.Locale.french, context) is None
     nobody = app_commands.locale_str("not in the catalogue")
@@ -312,8 +312,8 @@ async def test_every_label_of_the_views_is_translated(zh):
     for en, translated in zip(english, chinese, strict=True):
         assert translated != en, f"{en!r} is not translated"
     # And each is the catalogue's (not some other text).
-    assert zh.get("Reroll").string == "重绘"
-    assert "重绘" in chinese and "删除" in chinese and "打开一格" in chinese
+    assert zh.get("Reroll").string == "重新生成"
+    assert "重新生成" in chinese and "删除" in chinese and "打开一格" in chinese
 
 
 def test_the_runtime_reads_the_same_catalogue_as_the_tests(zh):
