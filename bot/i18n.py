@@ -202,7 +202,7 @@ def _lookup(msgid: str, plural: str | None, n: int | None) -> str:
 
 
 # Messages made in pipeline/ (refusals, notes) translate through this module's catalogues.
-messages.set_translator(_lookup)
+messages.set_translator(_lookup, lambda n: number(n))
 
 
 def localize(value: Any) -> str:

@@ -30,12 +30,16 @@ def _english(msgid: str, plural: str | None, n: int | None) -> str:
 
 
 _translate: Translate = _english
+# How a plural message writes its ``{n}`` when shown (the translator's locale's digits).
+_number: Callable[[int], str] = str
 
 
-def set_translator(translate: Translate | None) -> None:
-    """Make ``Message.localized`` translate with ``translate`` (None: English again)."""
-    global _translate
+def set_translator(translate: Translate | None, number: Callable[[int], str] | None = None) -> None:
+    """Make ``Message.localized`` translate with ``translate`` and write a plural's ``{n}``
+    with ``number`` (None: English again)."""
+    global _translate, _number
     _translate = translate or _english
+    _number = number or str
 
 
 def N_(message: str) -> str:
@@ -70,7 +74,10 @@ class Message(str):
 
     def localized(self) -> str:
         """The text in the current language (English when no translator is installed)."""
-        return _fill(_translate(self.msgid, self.plural, self.n), self.params, translate=True)
+        params = self.params
+        if self.n is not None and params.get("n") == self.n:
+            params = {**params, "n": _number(self.n)}
+        return _fill(_translate(self.msgid, self.plural, self.n), params, translate=True)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.msgid, self.plural, self.n, dict(self.params)))

@@ -333,3 +333,16 @@ async def test_the_command_translator_looks_up_a_message_id_and_fills_its_extras
     assert await translator.translate(hint, discord.Locale.chinese, context) == "任务 #7"
     broken = app_commands.locale_str("Job #7", msgid="Job #{job}")  # no value for {job}
     assert await translator.translate(broken, discord.Locale.chinese, context) is None
+
+
+def test_a_lazy_plural_writes_its_count_as_the_locale_does():
+    text = messages.ngettext(
+        "{n} cell of {total} not drawn: marked in the grid.",
+        "{n} cells of {total} not drawn: marked in the grid.",
+        1500,
+        total=2000,
+    )
+    assert str(text) == "1500 cells of 2000 not drawn: marked in the grid."  # English for logs
+    assert localize(text) == "1,500 cells of 2000 not drawn: marked in the grid."
+    with in_locale("zh-CN"):
+        assert localize(text) == "2000 格中有 1,500 格未绘制：已在网格中标出。"
