@@ -62,7 +62,11 @@ class Delivery:
                 self._locale = i18n.public_locale(self.interaction)
             else:
                 channel = await self.bot.resolve_channel(self.channel_id)
-                self._locale = i18n.public_locale(guild=getattr(channel, "guild", None))
+                guild = getattr(channel, "guild", None)
+                chooser: Any = getattr(self.bot, "user_locale", None)
+                chosen = chooser(self.user_id) if guild is None and callable(chooser) else None
+                # A DM after a restart: the member's chosen language (/settings), if any.
+                self._locale = i18n.normalize(chosen) if chosen else i18n.public_locale(guild=guild)
         return self._locale
 
     def _live(self) -> bool:
