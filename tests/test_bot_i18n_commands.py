@@ -186,8 +186,6 @@ async def test_every_description_option_and_choice_of_these_commands_has_valid_c
         for where, item in walk(command):
             assert len(item["description"]) <= 100, where
             zh_description = item.get("description_localizations", {}).get(ZH)
-            if where == "draw prompt":
-                continue  # the model's example inside: see the test below
             assert zh_description and len(zh_description) <= 100, where
             assert re.search(r"[\u4e00-\u9fff]", zh_description), where
             zh_name = item.get("name_localizations", {}).get(ZH)
@@ -220,11 +218,6 @@ def test_the_prompt_hint_keeps_the_models_example_in_both_languages():
         assert i18n._(PROMPT_HINT, example=example) == f"要画的内容，例如 {example}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot.i18n.Translator must look up locale_str.extras['msgid'] and fill in the other "
-    "extras (discord.py's advice for message ids): the prompt's hint holds the model's example",
-)
 async def test_the_synced_prompt_description_is_chinese_with_the_models_example(world):
     tree = world.bot.tree
     draw = tree.get_command("draw")
@@ -259,7 +252,7 @@ async def test_history_answers_each_member_in_their_language(world, client_local
     assert listing.title == "bob 的绘图" and "种子 4" in listing.description
     listing = (await world.mod.slash(ch, "mod history", query="fox")).response.embeds[0]
     assert listing.title == "包含“fox”的所有绘图"
-    assert f"由 <@{alice.id}> 发起" in listing.description
+    assert f"发起人：<@{alice.id}>" in listing.description
 
 
 async def test_mod_answers_in_chinese_to_a_chinese_moderator_and_in_english_to_another(
