@@ -14,8 +14,10 @@ symbol, written so in Chinese tools too) and ``nsfw``. Answers that name an opti
 the reader's language shows. Descriptions and choice labels are translated; sampler names are
 proper names and stay as they are.
 
-Every name, description and choice label is a ``locale_str`` (extracted by ``make messages``);
-``bot.i18n.Translator`` gives Discord their zh-CN text when the tree syncs.
+Every option name, description and choice label is a ``locale_str`` (extracted by ``make
+messages``); ``bot.i18n.Translator`` gives Discord their zh-CN text when the tree syncs. Command
+names are plain strings with no catalogue entry (discord.py asks the translator for them too:
+tests/test_bot_i18n_commands.py checks that none comes back translated).
 """
 
 from __future__ import annotations
