@@ -27,7 +27,8 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
     when = f"<t:{int(record.created_at)}:R>"  # Discord writes it in each reader's language
     parts: list[str] = []
     if show_requester:
-        parts.append(_("by {member}", member=f"<@{record.user_id}>"))
+        requester = f"<@{record.user_id}>"
+        parts.append(_("by {member}", member=requester))
     if record.status != "done":
         label = STATUS_LABELS.get(record.status)
         parts.append(_(label) if label else record.status)
@@ -66,4 +67,5 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
 
 
 def _deleted(record: JobRecord) -> str:
-    return _("🗑️ deleted by {member}", member=f"<@{record.deleted_by}>")
+    by = f"<@{record.deleted_by}>"
+    return _("🗑️ deleted by {member}", member=by)

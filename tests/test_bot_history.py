@@ -24,7 +24,7 @@ async def test_history_shows_your_own_jobs_newest_first_in_pages(world):
     text = embed.description
     assert text.index("alice picture 6") < text.index("alice picture 2")
     assert "alice picture 1" not in text and "bob picture" not in text
-    assert "**#7**" in text and "seed " in text and "PNDM" in text and "1 steps" in text
+    assert "**#7**" in text and "seed " in text and "PNDM" in text and "1 step" in text
     assert "[message](" in text and "<t:" in text
     assert embed.footer.text == "Page 1 of 2 · 7 jobs"
 

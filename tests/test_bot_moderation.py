@@ -109,7 +109,7 @@ async def test_forget_deletes_rows_and_files_after_confirmation(world):
     r = await world.alice.slash(world.channel, "forget")
     await world.alice.click(r.response, label="Yes, delete everything")
     msg = next(m for m in world.channel.history(viewer=world.alice) if m.id == r.response.id)
-    assert msg.content.startswith("Done: 2 drawing(s)")
+    assert msg.content.startswith("Done: 2 drawings and their stored images")
     assert not any(p.exists() for p in alice_files)
     assert (await store.get_job(3)).status == "done"  # bob's are untouched
     with sqlite3.connect(world.bot.settings.db_path) as db:

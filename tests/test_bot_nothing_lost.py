@@ -174,7 +174,7 @@ async def test_forget_stops_queued_work_and_drops_results_in_flight(world):
     await world.alice.click(r.response, label="Yes, delete everything")
     await world.env.settle()
     msg = next(m for m in world.channel.history(viewer=world.alice) if m.id == r.response.id)
-    assert msg.content.startswith("Done: 2 drawing(s)"), msg.content
+    assert msg.content.startswith("Done: 2 drawings and their stored images"), msg.content
     assert bot.executor.pending() == 0
     bot.executor.resume()
     await world.idle()

@@ -36,7 +36,7 @@ async def test_purge_removes_a_members_drawings_here_only_after_confirmation(wor
     await mod.delete(second.response)  # already deleted on Discord: the purge must not fail
 
     r = await mod.slash(ch, "mod purge", user=alice)
-    assert r.ephemeral and "all 2 drawing(s)" in r.response.content
+    assert r.ephemeral and "all 2 drawings" in r.response.content
     await mod.click(r.response, label="No, keep them")
     assert await store.get_job(1) is not None and first_id in message_ids(ch)
 
@@ -44,8 +44,8 @@ async def test_purge_removes_a_members_drawings_here_only_after_confirmation(wor
     await mod.click(r.response, label="Yes, delete them")
     answer = next(m for m in ch.history(viewer=mod) if m.id == r.response.id)
     assert answer.content == (
-        f"Done: 2 drawing(s) and 3 image(s) of <@{alice.id}> deleted from this server; "
-        "1 message(s) removed (1 were already gone)."
+        f"Done: 2 drawings and 3 images of <@{alice.id}> deleted from this server; "
+        "1 message removed (1 was already gone)."
     )
     assert first_id not in message_ids(ch)
     assert kept_id in message_ids(ch)
@@ -74,7 +74,7 @@ async def test_purge_removes_a_members_drawings_here_only_after_confirmation(wor
     )
     assert await store.purges(other.id) == []
     shown = await mod.slash(ch, "mod audit")
-    assert f"<@{mod.id}> purged <@{alice.id}>: 2 drawing(s), 3 image(s)" in shown.response.content
+    assert f"<@{mod.id}> purged <@{alice.id}>: 2 drawings, 3 images" in shown.response.content
 
 
 async def test_purge_stops_the_members_queued_drawings(world):

@@ -457,11 +457,13 @@ def describe_purge(purge: PurgeRecord) -> str:
         gone = _(
             "{deleted}, {n} could not be deleted", deleted=gone, n=number(purge.messages_failed)
         )
+    when = f"<t:{int(purge.purged_at)}:f>"  # Discord writes it in each reader's language
+    moderator, member = f"<@{purge.moderator_id}>", f"<@{purge.target_user_id}>"
     return _(
         "{when} {moderator} purged {member}: {drawings}, {images}; {messages}.",
-        when=f"<t:{int(purge.purged_at)}:f>",
-        moderator=f"<@{purge.moderator_id}>",
-        member=f"<@{purge.target_user_id}>",
+        when=when,
+        moderator=moderator,
+        member=member,
         drawings=ngettext("{n} drawing", "{n} drawings", purge.jobs),
         images=ngettext("{n} image", "{n} images", purge.images),
         messages=gone,
