@@ -40,6 +40,7 @@ COGS = (
     "bot.cogs.history",
     "bot.cogs.moderation",
     "bot.cogs.privacy",
+    "bot.cogs.settings",
 )
 COMMAND_HASH_KEY = "command_hash"
 GENERIC_ERROR = N_("Sorry, something went wrong on our side. It has been logged; please try again.")
@@ -189,6 +190,10 @@ class EaselBot(commands.Bot):
         return True
 
     # -- helpers for cogs ----------------------------------------------------------------
+
+    def user_locale(self, user_id: int) -> str | None:
+        """The reply language a member chose with /settings (None: their client's)."""
+        return self.store.user_settings(user_id).language
 
     async def resolve_channel(self, channel_id: int | None) -> Any:
         """A channel by id, from the cache or the API; None if it is gone or unknown."""

@@ -727,9 +727,13 @@ class JobRunner(CompareMixin):
                 )
             notes = (flagged, *notes)
         limit = delivery.upload_limit()
+        # Discord hides an attachment whose name starts SPOILER_ until it is clicked.
+        spoiler = bool(self.store.user_settings(job.user_id).spoiler)
+        prefix = "SPOILER_" if spoiler else ""
         uploads = []
         for i, data in enumerate(pngs):
-            upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{job.id}-{i}.png")
+            name = f"{prefix}easel-{job.id}-{i}.png"
+            upload = await asyncio.to_thread(fit_upload, data, limit, name)
             if upload is None:
                 await delivery.final(
                     content=Message(
@@ -759,7 +763,7 @@ class JobRunner(CompareMixin):
                 upscaled=self._upscaled(request),
             )
             view = self._result_view(job, len(uploads))
-        if len(uploads) == 1:
+        if len(uploads) == 1 and not spoiler:  # an embed's image can't be hidden
             embed.set_image(url=f"attachment://{uploads[0].filename}")
         return await self.publish(job, embed=embed, uploads=uploads, view=view)
 

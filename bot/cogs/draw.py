@@ -30,6 +30,7 @@ from discord import app_commands
 from discord.app_commands import locale_str
 from discord.ext import commands
 
+from bot.defaults import resolve
 from bot.i18n import N_, _, ngettext, number
 from bot.replies import answer_privately
 from bot.text import listing
@@ -145,20 +146,33 @@ class Draw(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
     ) -> None:
-        settings = self.bot.settings
-        # Options left out take this server's defaults (its /mod settings, else the bot's).
+        # Options left out take the member's own defaults (/settings), else this server's
+        # (/mod settings), else the bot's; this server's limits apply to all of them.
         policy = await self.bot.jobs.policy(interaction.guild_id)
+        mine = self.bot.store.user_settings(interaction.user.id)
+        if image is not None:  # the picture's own size is drawn, whatever the defaults say
+            mine = replace(mine, width=None, height=None)
+        typed = {
+            "sampler": sampler.value if sampler else None,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "count": count,
+            "negative_prompt": negative_prompt,
+        }
+        used = resolve(typed, mine, policy, self.bot.settings, self.bot.engine.capabilities)
         request = DrawRequest(
             prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            steps=steps if steps is not None else policy.default_steps,
-            guidance=guidance if guidance is not None else settings.default_guidance,
+            negative_prompt=used.value("negative_prompt"),
+            steps=used.value("steps"),
+            guidance=used.value("guidance"),
             eta=eta or 0.0,
-            sampler=sampler.value if sampler else policy.default_sampler,
+            sampler=used.value("sampler"),
             seed=seed,
-            width=width or policy.default_width,
-            height=height or policy.default_height,
-            count=count or 1,
+            width=used.value("width"),
+            height=used.value("height"),
+            count=used.value("count"),
             variation_seed=variation_seed,
             # A variation seed alone asks for a variation: strong unless told otherwise.
             variation_strength=variation_strength
@@ -168,9 +182,11 @@ class Draw(commands.Cog):
         if image is None:
             if strength is not None:
                 request = replace(request, strength=strength)  # refused, saying why
-            await self.bot.jobs.start(interaction, request)
+            await self.bot.jobs.start(interaction, request, notes=used.notes)
             return
-        await self._draw_from(interaction, request, image, strength, sized=bool(width or height))
+        await self._draw_from(
+            interaction, request, image, strength, sized=bool(width or height), notes=used.notes
+        )
 
     async def _draw_from(
         self,
@@ -180,6 +196,7 @@ class Draw(commands.Cog):
         strength: float | None,
         *,
         sized: bool,
+        notes: tuple[str, ...] = (),
     ) -> None:
         """/draw image: check and store the picture, then draw from it like any request."""
         caps = self.bot.engine.capabilities
@@ -221,7 +238,7 @@ class Draw(commands.Cog):
         )
         job_id = None
         try:
-            job_id = await self.bot.jobs.start(interaction, request, notes=upload.notes)
+            job_id = await self.bot.jobs.start(interaction, request, notes=(*notes, *upload.notes))
         finally:
             if job_id is None:  # refused: nothing of it is kept
                 await store.discard_images([path])

@@ -6,7 +6,8 @@ images live on disk under ``<data_dir>/images`` with content-addressed names.
 The one ``Store`` class is put together here from one part per group of tables, each in its own
 module over ``StoreBase`` (``base.py``: the connection, the lock, the plumbing): ``jobs.py``,
 ``files.py`` (images on disk), ``moderation.py`` (banned words, server settings, pauses, purges),
-``history.py`` (listings and prompt search) and ``privacy.py`` (/forget). ``records.py`` holds the
+``history.py`` (listings and prompt search), ``preferences.py`` (members' /settings) and
+``privacy.py`` (/forget). ``records.py`` holds the
 rows they return, ``errors.py`` what they raise, ``migrations.py`` finds the schema files; ``open``
 below connects, applies them and readies the parts, ``close`` closes. Every part shares the one
 connection and its lock.
@@ -35,6 +36,7 @@ from bot.store.history import HistoryMixin, _fold
 from bot.store.jobs import JobsMixin
 from bot.store.migrations import MIGRATIONS_DIR, Migration, discover_migrations, split_sql
 from bot.store.moderation import EVERYWHERE, ModerationMixin
+from bot.store.preferences import PreferencesMixin
 from bot.store.privacy import PrivacyMixin
 from bot.store.records import (
     NSFW_MODES,
@@ -44,6 +46,7 @@ from bot.store.records import (
     GuildSettings,
     JobRecord,
     PurgeRecord,
+    UserSettings,
 )
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "Store",
     "StoreBusy",
     "StoreError",
+    "UserSettings",
     "discover_migrations",
     "split_sql",
 ]
@@ -76,7 +80,7 @@ __all__ = [
 SEARCH_WINDOW: Final = 2000
 
 
-class Store(JobsMixin, ModerationMixin, HistoryMixin, PrivacyMixin):
+class Store(JobsMixin, ModerationMixin, HistoryMixin, PreferencesMixin, PrivacyMixin):
     """Owns one aiosqlite connection; every method that writes has committed when it returns.
 
     ``Store(...)`` does no I/O; ``await store.open()`` connects, sets PRAGMAs and migrates, and
@@ -125,6 +129,7 @@ class Store(JobsMixin, ModerationMixin, HistoryMixin, PrivacyMixin):
             self.applied_migrations = await self._migrate(db, scripts)
             self._search_index = await self._prepare_search(db)
             await self._load_caches(db)
+            await self._load_user_settings(db)
             reader = None
             if str(self.db_path) != ":memory:":
                 reader = await aiosqlite.connect(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from bot.store.files import FilesMixin
+from bot.store.records import UserSettings
 
 
 class PrivacyMixin(FilesMixin):
     """A user taking their data back (/forget)."""
 
+    _user_settings_cache: dict[int, UserSettings]
+
     async def forget_user(self, user_id: int) -> int:
-        """Delete every job of this user, their image rows, and image files nobody else uses.
+        """Delete every job of this user, their image rows and /settings, and image files nobody
+        else uses.
 
         Returns the number of jobs deleted. Rerolls others made of this user's jobs are kept with
         their parent link cleared; this user's id is also erased from ``deleted_by``.
@@ -30,6 +34,7 @@ class PrivacyMixin(FilesMixin):
             # parent_job_id becomes NULL (ON DELETE SET NULL).
             deleted = await self._write(db, "DELETE FROM jobs WHERE user_id = ?", (user_id,))
             await self._let_go_of(db, paths)
+            await self._write(db, "DELETE FROM user_settings WHERE user_id = ?", (user_id,))
             await self._write(
                 db, "UPDATE jobs SET deleted_by = NULL WHERE deleted_by = ?", (user_id,)
             )
@@ -51,6 +56,7 @@ class PrivacyMixin(FilesMixin):
                 "UPDATE purges SET target_user_id = 0 WHERE target_user_id = ?",
                 (user_id,),
             )
+        self._user_settings_cache.pop(user_id, None)
         # Files go only after the commit: a failed commit must not leave rows without files.
         await self._delete_files(paths)
         return deleted

@@ -115,6 +115,24 @@ _SETTINGS_COLUMNS: Final = tuple(f.name for f in fields(GuildSettings))
 
 
 @dataclass(frozen=True)
+class UserSettings:
+    """A member's own /draw defaults and reply language; ``None`` means "not set"."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    count: int | None = None
+    negative_prompt: str | None = None
+    spoiler: bool | None = None
+    language: str | None = None  # a Discord locale ("zh-CN"); None: the client's own
+
+
+USER_SETTINGS_COLUMNS: Final = tuple(f.name for f in fields(UserSettings))
+
+
+@dataclass(frozen=True)
 class PurgeRecord:
     """One /mod purge: who removed whose drawings in which server, and how much went."""
 

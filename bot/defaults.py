@@ -1,0 +1,128 @@
+"""Where each /draw setting comes from: the option typed, else the member's /settings, else the
+server's default (/mod settings), else the bot's; the server's limits apply to all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bot.policy import Policy
+from bot.settings import Settings
+from bot.store import UserSettings
+from pipeline.engine import Capabilities
+from pipeline.messages import N_, Message
+from pipeline.samplers import sampler_label
+
+Source = Literal["typed", "you", "server", "bot"]
+# The /draw options a member can give a default of their own, in the order /settings shows them.
+DEFAULTABLE = ("sampler", "steps", "guidance", "width", "height", "count", "negative_prompt")
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """One setting's value for a drawing and who chose it."""
+
+    value: Any
+    source: Source
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings a /draw uses for the options its member left out, and why."""
+
+    chosen: dict[str, Chosen]
+    # Said on the result (in the server's language, so kept as messages until then): a member's
+    # default the server's limits (or the model) did not allow.
+    notes: tuple[str, ...] = ()
+
+    def value(self, name: str) -> Any:
+        return self.chosen[name].value
+
+
+def server_default(name: str, policy: Policy, settings: Settings) -> Chosen:
+    """What a drawing uses for ``name`` when neither the option nor the member says."""
+    stored = policy.stored
+    if name == "sampler":
+        return Chosen(policy.default_sampler, "server" if stored.default_sampler else "bot")
+    if name == "steps":
+        return Chosen(policy.default_steps, "server" if stored.default_steps else "bot")
+    if name == "guidance":
+        return Chosen(settings.default_guidance, "bot")
+    if name in ("width", "height"):
+        # The model's own size, unless it is over this server's largest.
+        value = policy.default_width if name == "width" else policy.default_height
+        return Chosen(value, "server" if value is not None else "bot")
+    if name == "count":
+        return Chosen(1, "bot")
+    if name == "negative_prompt":
+        return Chosen("", "bot")
+    raise KeyError(name)
+
+
+def resolve(
+    typed: dict[str, Any],
+    mine: UserSettings,
+    policy: Policy,
+    settings: Settings,
+    caps: Capabilities,
+) -> Defaults:
+    """Each defaultable /draw setting: typed > the member's > the server's > the bot's.
+
+    A member's default that this server's limits or the loaded model do not allow (set in
+    another server, or before a moderator lowered a limit) is brought within them, with a note.
+    """
+    chosen: dict[str, Chosen] = {}
+    notes: list[str] = []
+    for name in DEFAULTABLE:
+        if typed.get(name) is not None:
+            chosen[name] = Chosen(typed[name], "typed")
+            continue
+        value = getattr(mine, name)
+        if value is None:
+            chosen[name] = server_default(name, policy, settings)
+            continue
+        fitted, note = _fit(name, value, policy, caps)
+        if note:
+            notes.append(note)
+        chosen[name] = (
+            Chosen(fitted, "you") if fitted is not None else server_default(name, policy, settings)
+        )
+    return Defaults(chosen, tuple(notes))
+
+
+def _fit(name: str, value: Any, policy: Policy, caps: Capabilities) -> tuple[Any, str | None]:
+    """``value`` within this server's limits and the model's (None: unusable here), and a note."""
+    if name == "steps" and value > policy.max_steps:
+        return policy.max_steps, Message(
+            N_("Your default of {value} steps is over this server's limit; drew {limit} steps."),
+            value=value,
+            limit=policy.max_steps,
+        )
+    if name == "count" and value > policy.max_count:
+        return policy.max_count, Message(
+            N_("Your default of {value} pictures is over this server's limit; drew {limit}."),
+            value=value,
+            limit=policy.max_count,
+        )
+    if name in ("width", "height"):
+        if value % caps.size_multiple or value < caps.min_side:
+            return None, Message(
+                N_("Your default size can't be drawn by this model; drew its own size instead.")
+            )
+        if value > policy.max_side:
+            return policy.max_side, Message(
+                N_(
+                    "Your default size is over this server's limit of {limit} pixels a side; "
+                    "drew {limit}."
+                ),
+                limit=policy.max_side,
+            )
+    if name == "sampler" and value not in caps.samplers:
+        return None, Message(
+            N_(
+                "Your default sampler {sampler} can't be used with this model; drew with the "
+                "default one."
+            ),
+            sampler=sampler_label(value),
+        )
+    return value, None
