@@ -463,9 +463,10 @@ class CompareMixin:
         job = Job(
             run.id, delivery, run.parent_job_id, run.guild_id, run.user_id, run.comparison.base
         )
-        upload = await asyncio.to_thread(
-            fit_upload, data, delivery.upload_limit(), f"easel-compare-{run.id}.png"
-        )
+        # The member's /settings: a spoiler is hidden until clicked (SPOILER_ in its name).
+        spoiler = bool(self.store.user_settings(run.user_id).spoiler)
+        name = f"{'SPOILER_' if spoiler else ''}easel-compare-{run.id}.png"
+        upload = await asyncio.to_thread(fit_upload, data, delivery.upload_limit(), name)
         if upload is None:
             await delivery.final(
                 content=Message(
@@ -485,7 +486,8 @@ class CompareMixin:
         with in_locale(await delivery.locale()):
             embed = self.comparison_embed(run, requester=f"<@{run.user_id}>", notes=notes)
             view = comparison_view(run.id, run.comparison, run.cell_ids, drawn=drawn)
-        embed.set_image(url=f"attachment://{upload.filename}")
+        if not spoiler:  # an embed's image can't be hidden
+            embed.set_image(url=f"attachment://{upload.filename}")
         return await self.publish(job, embed=embed, uploads=[upload], view=view)
 
     def comparison_embed(

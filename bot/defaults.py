@@ -38,6 +38,11 @@ class Defaults:
     def value(self, name: str) -> Any:
         return self.chosen[name].value
 
+    def without_negative_prompt(self, note: str) -> Defaults:
+        """These defaults with the member's negative prompt left out, saying why."""
+        chosen = {**self.chosen, "negative_prompt": Chosen("", "bot")}
+        return Defaults(chosen, (*self.notes, note))
+
 
 def server_default(name: str, policy: Policy, settings: Settings) -> Chosen:
     """What a drawing uses for ``name`` when neither the option nor the member says."""
@@ -73,6 +78,11 @@ def resolve(
     """
     chosen: dict[str, Chosen] = {}
     notes: list[str] = []
+
+    def say(note: str | None) -> None:
+        if note and note not in notes:  # width and height over a limit say it once
+            notes.append(note)
+
     for name in DEFAULTABLE:
         if typed.get(name) is not None:
             chosen[name] = Chosen(typed[name], "typed")
@@ -82,11 +92,29 @@ def resolve(
             chosen[name] = server_default(name, policy, settings)
             continue
         fitted, note = _fit(name, value, policy, caps)
-        if note:
-            notes.append(note)
+        say(note)
         chosen[name] = (
             Chosen(fitted, "you") if fitted is not None else server_default(name, policy, settings)
         )
+    # A default that only makes sense with others: it gives way to what was typed or to what
+    # the model can do, rather than refusing every /draw.
+    if chosen["guidance"].source == "you" and not caps.guidance:
+        chosen["guidance"] = server_default("guidance", policy, settings)
+        say(Message(N_("This model takes no guidance; your default guidance was not used.")))
+    if chosen["negative_prompt"].source == "you":
+        if not caps.negative_prompt:
+            say(Message(N_("This model can't use a negative prompt; drew without your default.")))
+            chosen["negative_prompt"] = server_default("negative_prompt", policy, settings)
+        elif chosen["guidance"].value <= 1:
+            say(
+                Message(
+                    N_(
+                        "A negative prompt needs guidance above 1; drew without your default "
+                        "negative prompt."
+                    )
+                )
+            )
+            chosen["negative_prompt"] = server_default("negative_prompt", policy, settings)
     return Defaults(chosen, tuple(notes))
 
 
@@ -94,13 +122,13 @@ def _fit(name: str, value: Any, policy: Policy, caps: Capabilities) -> tuple[Any
     """``value`` within this server's limits and the model's (None: unusable here), and a note."""
     if name == "steps" and value > policy.max_steps:
         return policy.max_steps, Message(
-            N_("Your default of {value} steps is over this server's limit; drew {limit} steps."),
+            N_("Your default of {value} steps is over the limit here; drew {limit} steps."),
             value=value,
             limit=policy.max_steps,
         )
     if name == "count" and value > policy.max_count:
         return policy.max_count, Message(
-            N_("Your default of {value} pictures is over this server's limit; drew {limit}."),
+            N_("Your default of {value} pictures is over the limit here; drew {limit}."),
             value=value,
             limit=policy.max_count,
         )
@@ -112,7 +140,7 @@ def _fit(name: str, value: Any, policy: Policy, caps: Capabilities) -> tuple[Any
         if value > policy.max_side:
             return policy.max_side, Message(
                 N_(
-                    "Your default size is over this server's limit of {limit} pixels a side; "
+                    "Your default size is over the limit here of {limit} pixels a side; "
                     "drew {limit}."
                 ),
                 limit=policy.max_side,

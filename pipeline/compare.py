@@ -86,7 +86,7 @@ def _refuse(option: str, item: str, message: str, **params: Any) -> BadCompareVa
     """``message`` (a whole sentence with ``{option}``, ``{item}`` and ``{how}``) about one
     item of an option, and how to write the option."""
     return BadCompareValue(
-        message, option=option, item=_echo(item), how=_how_to_write(option), **params
+        message, option=Message(option), item=_echo(item), how=_how_to_write(option), **params
     )
 
 
@@ -107,7 +107,7 @@ def _expand(option: str, item: str, integer: bool) -> list[float]:
         if not item.strip():
             raise BadCompareValue(
                 N_("{option}: there is an empty item between commas. {how}"),
-                option=option,
+                option=Message(option),
                 how=_how_to_write(option),
             )
         if re.search(r"[-(\[]", item.strip()[1:]):
@@ -202,7 +202,9 @@ def parse_numbers(text: str, *, option: str, integer: bool) -> list[int] | list[
     """
     if not text or not text.strip():
         raise BadCompareValue(
-            N_("{option}: the value is empty. {how}"), option=option, how=_how_to_write(option)
+            N_("{option}: the value is empty. {how}"),
+            option=Message(option),
+            how=_how_to_write(option),
         )
     values: list[float] = []
     for item in text.split(","):
@@ -218,14 +220,14 @@ def parse_numbers(text: str, *, option: str, integer: bool) -> list[int] | list[
             if value in values:
                 raise BadCompareValue(
                     N_("{option} lists {value} twice; give each value once."),
-                    option=option,
+                    option=Message(option),
                     value=_fmt(value),
                 )
             values.append(value)
             if len(values) > MAX_VALUES:
                 raise BadCompareValue(
                     N_("{option}: that is more than {max} values; give fewer."),
-                    option=option,
+                    option=Message(option),
                     max=MAX_VALUES,
                 )
     if integer:

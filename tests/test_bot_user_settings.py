@@ -112,10 +112,10 @@ async def test_a_limit_lowered_later_clamps_the_default_with_a_note(world):
     assert fields(drawn.response)["Steps"] == "3"
     assert len(drawn.response.attachments) == 1
     said = " ".join(notes(drawn.response))
-    assert "Your default of 6 steps is over this server's limit; drew 3 steps." in said
-    assert "Your default of 2 pictures is over this server's limit; drew 1." in said
+    assert "Your default of 6 steps is over the limit here; drew 3 steps." in said
+    assert "Your default of 2 pictures is over the limit here; drew 1." in said
     shown = await world.alice.slash(ch, "settings show")
-    assert "Your default of 6 steps is over this server's limit" in shown.response.content
+    assert "Your default of 6 steps is over the limit here" in shown.response.content
 
     # Elsewhere (no such limit) the same defaults apply unclamped.
     other = world.env.create_guild("Elsewhere")
@@ -177,3 +177,67 @@ async def test_a_chosen_reply_language_overrides_the_clients(world):
 
     r = await world.alice.slash(ch, "settings reset", setting="language")
     assert "Reply language is reset." in r.response.content  # English again
+
+
+async def test_defaults_are_judged_together_and_give_way_rather_than_refuse(world):
+    ch = world.channel
+    # Each fine alone; together a negative prompt with guidance 1 draws nothing different.
+    await world.alice.slash(ch, "settings set", guidance=1.0)
+    r = await world.alice.slash(ch, "settings set", negative_prompt="blurry")
+    assert "negative prompt only has an effect with guidance above 1" in r.response.content
+    assert world.bot.store.user_settings(world.alice.id).negative_prompt is None
+    r = await world.alice.slash(ch, "settings set", guidance=6.0, negative_prompt="blurry")
+    assert r.response.content.startswith("Saved.")
+    # Setting guidance 1 later is allowed: the negative prompt gives way, saying so.
+    r = await world.alice.slash(ch, "settings set", guidance=1.0)
+    assert "⚠️ A negative prompt needs guidance above 1" in r.response.content
+    drawn = await world.alice.slash(ch, "draw", prompt="a lamp", seed=1)
+    await world.idle()
+    assert not drawn.ephemeral and "Negative prompt" not in fields(drawn.response)
+    assert "A negative prompt needs guidance above 1" in " ".join(notes(drawn.response))
+    # What she types wins over her defaults, never the other way round.
+    typed = await world.alice.slash(ch, "draw", prompt="a lamp", seed=1, guidance=7.0)
+    await world.idle()
+    assert "blurry" in fields(typed.response)["Negative prompt"]
+
+
+async def test_a_banned_word_in_a_default_negative_prompt(world):
+    ch = world.channel
+    r = await world.alice.slash(ch, "settings set", negative_prompt="cat, blurry")
+    assert r.response.content.startswith("Saved.")
+    await world.mod.slash(ch, "mod banword add", word="cat")
+    r = await world.bob.slash(ch, "settings set", negative_prompt="a cat")
+    assert "so your default negative prompt was not saved" in r.response.content
+    assert world.bot.store.user_settings(world.bob.id).negative_prompt is None
+    # Hers was set before the ban: drawn without it, not refused, and nothing is flagged.
+    drawn = await world.alice.slash(ch, "draw", prompt="a lamp", seed=1)
+    await world.idle()
+    assert "Negative prompt" not in fields(drawn.response)
+    assert "has a word this server doesn't allow" in " ".join(notes(drawn.response))
+    with sqlite3.connect(world.bot.settings.db_path) as db:
+        assert not db.execute("SELECT count(*) FROM jobs WHERE status = 'refused'").fetchone()[0]
+
+
+async def test_one_note_per_clamp_and_a_long_negative_prompt_is_shortened(world):
+    ch = world.channel
+    long = "low quality, " * 150
+    r = await world.alice.slash(
+        ch, "settings set", width=128, height=128, negative_prompt=long, language="zh-CN"
+    )
+    assert len(r.response.content) < 2000 and "回复语言" in r.response.content
+    await world.alice.slash(ch, "settings reset", setting="language")
+    await admin(world).slash(ch, "mod settings set", max_size=64)
+    drawn = await world.alice.slash(ch, "draw", prompt="a lamp", seed=1)
+    await world.idle()
+    said = notes(drawn.response)
+    assert sum("Your default size" in n for n in said) == 1
+    assert fields(drawn.response)["Size"] == "64x64"
+
+
+async def test_a_comparison_of_a_spoiler_member_is_hidden_too(world):
+    await world.alice.slash(world.channel, "settings set", spoiler=True)
+    r = await world.alice.slash(world.channel, "compare", prompt="a lamp", steps="1, 2", seed=1)
+    await world.idle()
+    (attachment,) = r.response.attachments
+    assert attachment.filename.startswith("SPOILER_")
+    assert r.response.embeds[0].image.url is None

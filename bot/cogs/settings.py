@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -12,10 +13,12 @@ from discord.ext import commands
 from bot.cogs.draw import OPTION_NAMES
 from bot.defaults import DEFAULTABLE, Chosen, resolve
 from bot.i18n import N_, _, enter, localize, private_locale
+from bot.render import shorten
 from bot.replies import answer_privately
 from bot.store import UserSettings
 from bot.text import plain
-from pipeline.errors import EaselError
+from bot.wordfilter import find_banned
+from pipeline.errors import EaselError, PromptRefused
 from pipeline.request import DrawRequest
 from pipeline.samplers import SAMPLERS, sampler_label
 
@@ -160,24 +163,31 @@ class Preferences(commands.Cog):
         await answer_privately(interaction, done + "\n\n" + await self._describe(interaction))
 
     async def _check(self, interaction: discord.Interaction, changes: dict[str, Any]) -> None:
-        """Refuse a default this server's limits or the loaded model don't allow, saying why."""
-        drawn = {k: v for k, v in changes.items() if k in DEFAULTABLE}
-        if not drawn:
+        """Refuse a default this server's limits, its banned words or the loaded model don't
+        allow, saying why: judged together with the member's other defaults, as a /draw with no
+        options would use them all."""
+        typed = {k: v for k, v in changes.items() if k in DEFAULTABLE}
+        if not typed:
             return
-        policy = await self.bot.jobs.policy(interaction.guild_id)
-        # What a /draw with these options and nothing else would ask for: the same checks.
-        probe = DrawRequest(
-            prompt="settings",
-            negative_prompt=drawn.get("negative_prompt", ""),
-            steps=drawn.get("steps", policy.default_steps),
-            guidance=drawn.get("guidance", self.bot.settings.default_guidance),
-            sampler=drawn.get("sampler", policy.default_sampler),
-            width=drawn.get("width", policy.default_width),
-            height=drawn.get("height", policy.default_height),
-            count=drawn.get("count", 1),
-        )
-        self.bot.engine.validate(probe)
+        bot = self.bot
+        policy = await bot.jobs.policy(interaction.guild_id)
+        others = replace(bot.store.user_settings(interaction.user.id), **dict.fromkeys(changes))
+        used = resolve(typed, others, policy, bot.settings, bot.engine.capabilities)
+        probe = DrawRequest(prompt="settings", **{n: used.value(n) for n in DEFAULTABLE})
+        bot.engine.validate(probe)
         policy.check(probe)
+        negative = typed.get("negative_prompt")
+        if negative and interaction.guild_id is not None:
+            banned = await bot.store.banned_words(interaction.guild_id)
+            word = find_banned(negative, banned) if banned else None
+            if word is not None:
+                raise PromptRefused(
+                    N_(
+                        "This server doesn't allow “{word}” in prompts, so your default negative "
+                        "prompt was not saved."
+                    ),
+                    word=plain(word),
+                )
 
     async def _describe(self, interaction: discord.Interaction) -> str:
         """Every setting's value for this member here, and where it comes from."""
@@ -230,7 +240,7 @@ class Preferences(commands.Cog):
             side = caps.default_width if name == "width" else caps.default_height
             shown = _("{side} (the model's own)", side=side)
         elif name == "negative_prompt":
-            shown = plain(value) if value else _("none")
+            shown = plain(shorten(value, 300)) if value else _("none")
         elif isinstance(value, float):
             shown = f"{value:g}"
         else:
