@@ -284,7 +284,7 @@ async def test_close_joins_the_thread(sd_engine):
     ex = Executor(sd_engine)
     ex.submit(req(steps=150), user_id=1)
     await asyncio.sleep(0.2)
-    thread = ex._thread
+    thread = ex.backend.thread
     assert thread is not None and thread.is_alive()
     ex.close()
     assert not thread.is_alive()
