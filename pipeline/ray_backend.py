@@ -362,9 +362,10 @@ class RayBackend:
         executor._bind_loop(loop)
         self._work = asyncio.Event()
         for worker in self._workers:
-            # Outside any caller's context: a test harness tracking the caller's tasks must not
-            # wait for these, which run until close().
-            task = loop.create_task(self._drive(worker), context=contextvars.Context())
+            # Created in an empty context, not the caller's: these belong to no request and run
+            # until close(), so whatever tracks the caller's work (SimCord does, by context
+            # variables) must not wait for them.
+            task = contextvars.Context().run(loop.create_task, self._drive(worker))
             self._tasks.append(task)
         self._watchdog = threading.Thread(
             target=self._watch, name="easel-ray-watchdog", daemon=True
@@ -509,6 +510,8 @@ class RayBackend:
             ex._lost(batch, why)
             return
         for job in batch:
+            if job.ended:
+                continue
             if job.cancelled or ex.closing:
                 ex._complete(job, None)
             else:
