@@ -139,7 +139,9 @@ class FairQueue:
 
     def snapshot(self) -> list[QueueEntry]:
         """Every job, running ones first, then queued ones in the order they will start."""
-        running = [QueueEntry(j.ticket, j.user_id, j.group, "running", j.unit) for j in self.running]
+        running = [
+            QueueEntry(j.ticket, j.user_id, j.group, "running", j.unit) for j in self.running
+        ]
         return running + [
             QueueEntry(j.ticket, j.user_id, j.group, "queued", j.unit) for j in self.fair_order()
         ]

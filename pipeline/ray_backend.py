@@ -18,6 +18,7 @@ Ray is an optional dependency (``pip install -e '.[ray]'``): this module imports
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -376,16 +377,14 @@ class RayBackend:
         loop, work = self._loop, self._work
         if loop is None or work is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(work.set)
-        except RuntimeError:
-            pass  # the loop closed meanwhile
 
     def stop(self, job: Job) -> None:
         for w in self._workers:
-            if any(j is job for j in w.batch) and all(j.cancelled for j in w.batch):
-                if self._loop is not None and w.stream is not None:
-                    self._loop.call_soon_threadsafe(_cancel, w.stream)
+            mine = any(j is job for j in w.batch) and all(j.cancelled for j in w.batch)
+            if mine and self._loop is not None and w.stream is not None:
+                self._loop.call_soon_threadsafe(_cancel, w.stream)
 
     def close(self, timeout: float | None) -> None:
         """Stop the dispatchers, kill the workers (waiting until Ray reports them dead) and,
@@ -473,10 +472,8 @@ class RayBackend:
         for job in batch:
             path = job.request.init_image
             if path and path not in pictures:
-                try:
+                with contextlib.suppress(OSError):  # gone: the worker's engine says so
                     pictures[path] = Path(path).read_bytes()
-                except OSError:
-                    pass  # the worker's engine says it is gone
         return pictures
 
     async def _draw(

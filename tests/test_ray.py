@@ -57,7 +57,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def backend(cluster, model_cache: Path):
+def backend(cluster, model_cache: Path, sd_engine):
+    # sd_engine first: the tiny model is built once, here, before the workers load it.
     spec = WorkerSpec("tiny:sd", device="cpu", cache_dir=model_cache, torch_threads=1)
     b = RayBackend(spec, workers=3, gpus_per_worker=1, worker_timeout_s=60)
     b.connect()
