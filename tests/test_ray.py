@@ -28,7 +28,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from bot.store import InvalidTransition, Store  # noqa: E402
 from pipeline.errors import UnsupportedOption  # noqa: E402
 from pipeline.executor import Executor, JobOutcome  # noqa: E402
-from pipeline.ray_backend import RayBackend, WorkerSpec  # noqa: E402
+from pipeline.ray_backend import RayBackend, WorkerSpec, WorkersUnavailable  # noqa: E402
 from pipeline.request import DrawRequest  # noqa: E402
 from tests.imagecheck import assert_close_images  # noqa: E402
 
@@ -348,3 +348,10 @@ async def test_the_bot_draws_on_ray_and_resumes_queued_jobs_after_a_restart(worl
     posted = [m for m in world.channel.history() if m.embeds]
     assert sorted(m.embeds[0].footer.text for m in posted) == ["Job #1", "Job #2", "Job #3"]
     assert [(await new.store.get_job(i)).status for i in (2, 3)] == ["done", "done"]
+
+
+def test_too_few_gpus_is_said_before_any_worker_starts(cluster):
+    too_many = RayBackend(WorkerSpec("tiny:sd"), workers=4, gpus_per_worker=1)
+    with pytest.raises(WorkersUnavailable, match="needs 4 GPUs, but the Ray cluster has 3"):
+        too_many.connect()
+    assert ray.is_initialized()  # the cluster it joined is not its own to shut down
