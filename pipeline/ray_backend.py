@@ -92,8 +92,10 @@ class DrawWorker:
         from pipeline.cpu import configure_cpu_threads
 
         configure_cpu_threads(spec.torch_threads, model=spec.model)
-        from pipeline.engine import load_pipeline
+        from pipeline.engine import load_pipeline, quiet_library_logs
         from pipeline.upscale import Upscaler
+
+        quiet_library_logs(download_progress=False)  # the bot's log gets the workers' lines
 
         loader = spec.loader or Engine.load
         self.engine = loader(spec.model, device=spec.device, cache_dir=spec.cache_dir)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -189,6 +190,26 @@ async def test_four_compatible_jobs_run_as_one_batch_on_one_worker(fresh, backen
         assert out[tickets[u]].status == "done" and result is not None
         assert result.seeds == mine.seeds
         assert_close_images(result.images[0], mine.images[0])  # another process: the bound
+
+
+@shared_loop
+async def test_a_picture_to_start_from_is_sent_with_the_job(fresh, sd_engine, tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "bot-only" / "start.png"  # where the bot keeps it; no worker reads it
+    source.parent.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
+    request = req(5, steps=4, task="img2img", init_image=str(source), strength=0.6)
+    outcomes = Outcomes()
+    ticket = fresh.submit(request, user_id=1, on_done=outcomes)
+    await fresh.wait_idle()
+    outcome = outcomes.by_ticket()[ticket]
+    assert outcome.status == "done" and outcome.result is not None, outcome.message
+    assert outcome.result.request.init_image == str(source)  # stored as the bot's own path
+    alone = sd_engine.run(fresh.engine.resolve(request))
+    assert_close_images(outcome.result.images[0], alone.images[0])
+    copies = Path(tempfile.gettempdir()) / f"easel-ray-pictures-{os.getuid()}"
+    assert source.read_bytes() in [p.read_bytes() for p in copies.iterdir()]
 
 
 # -- 2. exactly once when a worker is lost ---------------------------------------------------
