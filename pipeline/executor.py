@@ -79,7 +79,7 @@ class _Stop(BaseException):
 
 
 class Backend(Protocol):
-    """Where batches are drawn. The executor calls these under its lock, except ``close``."""
+    """Where batches are drawn. ``wake`` and ``stop`` are called under the executor's lock."""
 
     def start(self, executor: Executor) -> None:
         """Start drawing what ``executor``'s queue hands out (idempotent)."""
