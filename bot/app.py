@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -29,6 +29,9 @@ from bot.views import (
     VaryStrengthButton,
 )
 from pipeline.errors import EaselError
+
+if TYPE_CHECKING:
+    from pipeline.ray_backend import RayBackend
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +234,7 @@ class EaselBot(commands.Bot):
         await answer_privately(interaction, message)
 
 
-def _ray_backend(s: Settings) -> Any:
+def _ray_backend(s: Settings) -> RayBackend:
     """The Ray workers EXECUTOR=ray draws on; each loads the model itself."""
     from pipeline.ray_backend import RayBackend, WorkerSpec
 

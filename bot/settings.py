@@ -63,9 +63,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         executor = self.executor.strip().lower()
-        object.__setattr__(self, "executor", executor)
         if executor not in ("local", "ray"):
             raise SettingsError(f"EXECUTOR must be local or ray; got {self.executor!r}.")
+        object.__setattr__(self, "executor", executor)
         if self.workers < 1:
             raise SettingsError(f"WORKERS must be at least 1; got {self.workers}.")
         if not self.gpus_per_worker >= 0:

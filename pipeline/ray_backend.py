@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import Capabilities, Engine
-from pipeline.errors import EaselError, ModelLoadError
+from pipeline.errors import EaselError
 from pipeline.executor import _Stop, draw_batch
 from pipeline.request import DrawRequest, DrawResult
 
@@ -98,7 +98,14 @@ class DrawWorker:
         quiet_library_logs(download_progress=False)  # the bot's log gets the workers' lines
 
         loader = spec.loader or Engine.load
-        self.engine = loader(spec.model, device=spec.device, cache_dir=spec.cache_dir)
+        # A model that can't load is reported by describe(), not raised: Ray keeps no more of
+        # an exception raised here than its text.
+        self.problem: EaselError | None = None
+        try:
+            self.engine = loader(spec.model, device=spec.device, cache_dir=spec.cache_dir)
+        except EaselError as exc:
+            self.problem = exc
+            return
         if spec.upscaler.strip().lower() != "none":
             self.engine.upscaler = Upscaler(
                 spec.upscaler,
@@ -109,9 +116,12 @@ class DrawWorker:
             )
         self._pictures = Path(tempfile.gettempdir()) / f"easel-ray-pictures-{os.getuid()}"
 
-    def describe(self) -> WorkerInfo:
+    def describe(self) -> WorkerInfo | EaselError:
+        """What this worker can draw, or why it can't draw at all."""
         import ray
 
+        if self.problem is not None:
+            return self.problem
         engine = self.engine
         return WorkerInfo(
             capabilities=engine.capabilities,
@@ -230,6 +240,7 @@ class _Worker:
     last_event: float = 0.0  # perf_counter of the stream's last event
     hung: bool = False
     lost: bool = False
+    warned: bool = False  # that it can't load the model since it was lost
 
 
 class RayBackend:
@@ -315,13 +326,14 @@ class RayBackend:
             )
         except (RayActorError, GetTimeoutError) as exc:
             self.close(None)
-            cause = getattr(exc, "cause", None) or exc.__cause__
-            if isinstance(cause, ModelLoadError):
-                raise ModelLoadError(str(cause)) from None
             raise WorkersUnavailable(
                 f"The Ray workers did not start within WORKER_TIMEOUT_S={self.worker_timeout_s:g} "
                 f"s: {_first_line(exc)}"
             ) from None
+        for problem in infos:
+            if isinstance(problem, EaselError):  # the model did not load: say why, as locally
+                self.close(None)
+                raise problem
         for worker, info in zip(self._workers, infos, strict=True):
             worker.info = info
         first = infos[0].capabilities
@@ -539,12 +551,17 @@ class RayBackend:
         from ray.exceptions import RayActorError
 
         try:
-            w.info = await w.actor.describe.remote()
+            info = await w.actor.describe.remote()
         except (RayActorError, OSError) as exc:
-            log.debug("Ray worker %d is not back yet: %s", w.index, _first_line(exc))
+            info = exc
+        if not isinstance(info, WorkerInfo):
+            level = logging.DEBUG
+            if isinstance(info, EaselError) and not w.warned:  # its machine lacks the model?
+                level, w.warned = logging.WARNING, True
+            log.log(level, "Ray worker %d is not back yet: %s", w.index, _first_line(info))
             await asyncio.to_thread(time.sleep, REVIVE_DELAY_S)  # real time, whatever the loop's
             return
-        w.lost = False
+        w.info, w.lost, w.warned = info, False, False
         log.info("Ray worker %d is back: %s pid %d", w.index, w.info.host, w.info.pid)
 
     def _watch(self) -> None:

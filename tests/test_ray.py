@@ -27,7 +27,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from bot.store import InvalidTransition, Store  # noqa: E402
-from pipeline.errors import UnsupportedOption  # noqa: E402
+from pipeline.errors import ModelLoadError, UnsupportedOption  # noqa: E402
 from pipeline.executor import Executor, JobOutcome  # noqa: E402
 from pipeline.ray_backend import RayBackend, WorkerSpec, WorkersUnavailable  # noqa: E402
 from pipeline.request import DrawRequest  # noqa: E402
@@ -132,6 +132,15 @@ def test_too_few_gpus_is_said_before_any_worker_starts(cluster):
     with pytest.raises(WorkersUnavailable, match="needs 4 GPUs, but the Ray cluster has 3"):
         too_many.connect()
     assert ray.is_initialized()  # the cluster it joined is not its own to shut down
+
+
+def test_a_model_that_fails_to_load_in_the_workers_stops_the_start_with_its_message(cluster):
+    spec = WorkerSpec("models/dreamy.safetensors", device="cpu")
+    broken = RayBackend(spec, workers=1, gpus_per_worker=0, worker_timeout_s=60)
+    began = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"The checkpoint file models/dreamy\.safetensors"):
+        broken.connect()
+    assert time.perf_counter() - began < 30  # not restarted until the timeout
 
 
 # -- 3. fairness across workers -------------------------------------------------------------
