@@ -461,7 +461,8 @@ class RayBackend:
             except Exception as exc:  # a fault here must not strand the batch's jobs
                 log.exception("dispatching to Ray worker %d failed", w.index)
                 for job in batch:
-                    ex._fail(job, exc)
+                    if not job.ended:
+                        ex._fail(job, exc)
             finally:
                 w.batch, w.stream = [], None
 
@@ -506,9 +507,10 @@ class RayBackend:
                 self._handle(ex, batch, event)
         except TaskCancelledError:
             pass  # every job of it was cancelled; they end below
-        except RayTaskError as exc:
+        except RayTaskError as exc:  # a fault in the worker's own code, not a lost worker
             for job in batch:
-                ex._fail(job, exc)
+                if not job.ended:
+                    ex._fail(job, exc)
         except RayError as exc:
             # The process died, its machine left the cluster, or the watchdog killed it.
             w.lost = True
@@ -544,7 +546,8 @@ class RayBackend:
                 ex._complete(batch[i], outcome)
         elif kind == "crash":
             for job in batch:
-                ex._fail(job, event[1])
+                if not job.ended:
+                    ex._fail(job, event[1])
 
     async def _revive(self, w: _Worker) -> None:
         """Wait until Ray restarted a lost worker (it reloads the model first)."""
