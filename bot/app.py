@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -31,6 +31,9 @@ from bot.views import (
     VaryStrengthButton,
 )
 from pipeline.errors import EaselError
+
+if TYPE_CHECKING:
+    from pipeline.ray_backend import RayBackend
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +112,16 @@ class EaselBot(commands.Bot):
                 await self.load_extension(cog)
             await self.sync_commands(force=True)
             return
-        log.info("loading model %s", s.model)
-        self.engine = await asyncio.to_thread(
-            Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
-        )
+        backend = None
+        if s.executor == "ray":
+            backend = _ray_backend(s)
+            log.info("starting %d Ray worker(s) with model %s", s.workers, s.model)
+            self.engine = await asyncio.to_thread(backend.connect)
+        else:
+            log.info("loading model %s", s.model)
+            self.engine = await asyncio.to_thread(
+                Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
+            )
         if s.upscaler.strip().lower() != "none":
             self.engine.upscaler = Upscaler(
                 s.upscaler,
@@ -127,6 +136,8 @@ class EaselBot(commands.Bot):
             max_queue=s.max_queue,
             max_batch=s.max_batch,
             progress_interval=s.progress_interval,
+            backend=backend,
+            max_attempts=s.max_attempts,
         )
         # Pauses survive restarts: apply them before anything is queued again.
         for guild_id in await self.store.paused_guilds():
@@ -246,6 +257,27 @@ class EaselBot(commands.Bot):
             )
             message = _(GENERIC_ERROR)
         await answer_privately(interaction, message)
+
+
+def _ray_backend(s: Settings) -> RayBackend:
+    """The Ray workers EXECUTOR=ray draws on; each loads the model itself."""
+    from pipeline.ray_backend import RayBackend, WorkerSpec
+
+    spec = WorkerSpec(
+        s.model,
+        device=s.device,
+        cache_dir=s.model_cache_dir,
+        torch_threads=s.torch_threads,
+        upscaler=s.upscaler,
+        upscale_steps=s.upscale_steps,
+    )
+    return RayBackend(
+        spec,
+        workers=s.workers,
+        gpus_per_worker=s.gpus_per_worker,
+        address=s.ray_address,
+        worker_timeout_s=s.worker_timeout_s,
+    )
 
 
 def create_bot(

@@ -49,6 +49,34 @@ class Settings:
     # Torch's CPU threads; None: one per physical core this process may use (pipeline/cpu.py).
     torch_threads: int | None = None
     log_level: str = "INFO"
+    # Where drawing happens: "local" (a thread of this process) or "ray" (Ray workers, one per
+    # GPU, on this machine or a cluster; README: Several GPUs or machines).
+    executor: str = "local"
+    # With EXECUTOR=ray: "" starts Ray on this machine; "auto" or "host:6379" joins a cluster.
+    ray_address: str = ""
+    workers: int = 1
+    # GPUs each Ray worker takes: 1 for a card of its own, 0.5 for two workers per card, 0 to
+    # draw on CPUs.
+    gpus_per_worker: float = 1.0
+    # A Ray worker that reports no step for this long is restarted and its jobs run again.
+    worker_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        executor = self.executor.strip().lower()
+        if executor not in ("local", "ray"):
+            raise SettingsError(f"EXECUTOR must be local or ray; got {self.executor!r}.")
+        object.__setattr__(self, "executor", executor)
+        if self.workers < 1:
+            raise SettingsError(f"WORKERS must be at least 1; got {self.workers}.")
+        if not self.gpus_per_worker >= 0:
+            raise SettingsError(
+                "GPUS_PER_WORKER must be 0 (draw on CPUs) or more, like 1 or 0.5; "
+                f"got {self.gpus_per_worker:g}."
+            )
+        if not self.worker_timeout_s > 0:
+            raise SettingsError(
+                f"WORKER_TIMEOUT_S must be more than 0 seconds; got {self.worker_timeout_s:g}."
+            )
 
     @classmethod
     def from_env(

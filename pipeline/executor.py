@@ -1,8 +1,11 @@
-"""The GPU executor: one worker thread, fair per-user queues, batching, progress, cancel, pause.
+"""The GPU executor: fair per-user queues, batching, progress, cancel, pause; drawing on a backend.
 
-Only the worker thread touches the engine. Everything else is called from the event loop and
-never blocks it; results travel back with ``loop.call_soon_threadsafe`` and run on the loop as
-tasks created in the submitter's ``contextvars`` context.
+Who draws next is decided here, in the bot's process, by one ``FairQueue``. Where it draws is the
+backend's business: ``LocalBackend`` (the default) runs batches on one worker thread of this
+process, ``pipeline.ray_backend.RayBackend`` on Ray workers, one per GPU. Only the worker touches
+the engine. Everything else is called from the event loop and never blocks it; results travel
+back with ``loop.call_soon_threadsafe`` and run on the loop as tasks created in the submitter's
+``contextvars`` context.
 """
 
 from __future__ import annotations
@@ -15,32 +18,37 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import EllipsisType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pipeline.engine import batch_key
-from pipeline.errors import EaselError, GpuOutOfMemory, QueueFull
+from pipeline.errors import EaselError, GpuOutOfMemory
+from pipeline.fairqueue import FairQueue, Job, QueueEntry
 from pipeline.request import DrawRequest, DrawResult
+
+__all__ = [
+    "Backend",
+    "Executor",
+    "JobOutcome",
+    "LocalBackend",
+    "QueueEntry",
+    "draw_batch",
+]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[..., Awaitable[Any] | Any]
 Status = Literal["done", "failed", "cancelled"]
+# on_step of ``draw_batch``: which requests of the batch are drawing, the step, the total.
+BatchStepHook = Callable[[list[int], int, int], None]
+
+_Job = Job  # the name this module used before the queue moved out
 
 
-@dataclass(frozen=True)
-class QueueEntry:
-    """One job as ``snapshot`` shows it."""
-
-    ticket: int
-    user_id: int
-    group: int | None
-    state: Literal["running", "queued"]
-    # The request this job is part of: its own ticket, or a comparison's id for each cell.
-    unit: int = 0
+class WorkerLost(EaselError):
+    """The worker drawing a job went away (its process died, its machine left, it hung) once
+    too often; the job is not tried again."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ class JobOutcome:
     request: DrawRequest
     result: DrawResult | None = None
     error: BaseException | None = None
+    # How many times the job was started (more than 1 when a worker was lost while drawing it).
+    attempts: int = 1
 
     @property
     def message(self) -> str:
@@ -64,32 +74,28 @@ class JobOutcome:
         return "Something went wrong while drawing this; the error has been logged."
 
 
-@dataclass(eq=False)
-class _Job:
-    ticket: int
-    user_id: int
-    request: DrawRequest
-    on_progress: Callback | None
-    on_done: Callback | None
-    context: contextvars.Context
-    # Who the job belongs to besides its user (the bot: its server; None: DMs). Pausing a group
-    # holds its jobs back while others run.
-    group: int | None = None
-    # Jobs sharing a unit (the cells of one comparison) count as one request against the caps,
-    # but each is served on its own turn of the round-robin: fairness is by the picture.
-    unit: int = 0
-    cancelled: bool = False
-    # Set when on_done has been dispatched: every job gets exactly one outcome.
-    ended: bool = False
-    last_progress: float = field(default=-1e9)
-
-
 class _Stop(BaseException):
     """Raised from the step hook to interrupt a batch (cancel or close)."""
 
 
+class Backend(Protocol):
+    """Where batches are drawn. ``wake`` and ``stop`` are called under the executor's lock."""
+
+    def start(self, executor: Executor) -> None:
+        """Start drawing what ``executor``'s queue hands out (idempotent)."""
+
+    def wake(self) -> None:
+        """Jobs may have become runnable (submitted, resumed, given back)."""
+
+    def stop(self, job: Job) -> None:
+        """``job``, which is running, was cancelled."""
+
+    def close(self, timeout: float | None) -> None:
+        """Stop drawing and release the workers; the running batches stop at their next step."""
+
+
 class Executor:
-    """Runs draw requests on one thread, serving users round-robin, batching compatible jobs."""
+    """Runs draw requests on a backend, serving users round-robin, batching compatible jobs."""
 
     def __init__(
         self,
@@ -100,29 +106,23 @@ class Executor:
         max_batch: int = 4,
         progress_interval: float = 0.5,
         on_start: Callable[[list[int]], None] | None = None,
+        backend: Backend | None = None,
+        max_attempts: int = 2,
     ) -> None:
-        """``on_start(tickets)`` runs on the worker thread before a batch starts and may block
+        """``on_start(tickets)`` runs off the event loop before a batch starts and may block
         briefly: the bot uses it to record each job's attempt before drawing, so a job that kills
-        the process is known to have been tried."""
+        the process is known to have been tried. ``backend`` defaults to a ``LocalBackend``.
+        A job whose worker is lost while drawing it goes back to the front of the queue, until
+        it has been started ``max_attempts`` times."""
         self.engine = engine
         self.on_start = on_start
-        self.max_per_user = max_per_user
-        self.max_queue = max_queue
-        self.max_batch = max(1, max_batch)
         self.progress_interval = progress_interval
+        self.max_attempts = max(1, max_attempts)
+        self.queue = FairQueue(max_per_user=max_per_user, max_queue=max_queue, max_batch=max_batch)
+        self.backend: Backend = backend if backend is not None else LocalBackend()
         self._lock = threading.Condition()
-        self._queues: dict[int, deque[_Job]] = {}
-        self._rotation: deque[int] = deque()  # users with queued jobs, in serving order
-        # Users whose batch is running and who have more queued: they rejoin the rotation at the
-        # next take, so whoever arrives meanwhile is served before their next job.
-        self._held: list[int] = []
-        self._jobs: dict[int, _Job] = {}  # queued and running, by ticket
-        self._running: list[_Job] = []
         self._tickets = itertools.count(1)
-        self._paused = False
-        self._paused_groups: set[int | None] = set()
         self._closing = False
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Loop-side bookkeeping for wait_idle: jobs whose on_done has not finished yet, and
         # callback tasks still running.
@@ -130,64 +130,74 @@ class Executor:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Event | None = None
 
+    @property
+    def max_per_user(self) -> int:
+        return self.queue.max_per_user
+
+    @property
+    def max_queue(self) -> int:
+        return self.queue.max_queue
+
+    @property
+    def max_batch(self) -> int:
+        return self.queue.max_batch
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._closing = False
-            self._spawn_locked()
-
-    def _spawn_locked(self) -> None:
-        self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
-        self._thread.start()
+        """Start the backend's workers (idempotent)."""
+        self.backend.start(self)
 
     def close(self, timeout: float | None = 30) -> None:
-        """Stop the worker and join it; the running batch stops at its next step.
+        """Stop the workers and wait for them; the running batches stop at their next step.
 
         Queued jobs are dropped without callbacks: they are still recorded as queued in the
         store, which re-queues them on the next start.
         """
         with self._lock:
             self._closing = True
-            for job in self._running:
+            for job in self.queue.running:
                 job.cancelled = True
             self._lock.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self.backend.close(timeout)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     @property
     def paused(self) -> bool:
         """Whether everything is paused (the operator's pause)."""
-        return self._paused
+        return self.queue.paused
 
     def is_paused(self, group: int | None) -> bool:
         """Whether jobs of ``group`` wait: paused everywhere, or that group alone."""
-        return self._paused or group in self._paused_groups
+        return self.queue.paused or group in self.queue.paused_groups
 
     def pause(self) -> None:
-        """Start nothing new for anyone (the operator's pause); the running batch finishes and
+        """Start nothing new for anyone (the operator's pause); the running batches finish and
         the queue is kept."""
         with self._lock:
-            self._paused = True
+            self.queue.paused = True
 
     def resume(self) -> None:
         with self._lock:
-            self._paused = False
-            self._lock.notify_all()
+            self.queue.paused = False
+            self._wake_locked()
 
     def pause_group(self, group: int | None) -> None:
         """Start none of ``group``'s jobs (one server's pause); other groups' jobs keep running."""
         with self._lock:
-            self._paused_groups.add(group)
+            self.queue.paused_groups.add(group)
 
     def resume_group(self, group: int | None) -> None:
         with self._lock:
-            self._paused_groups.discard(group)
-            self._lock.notify_all()
+            self.queue.paused_groups.discard(group)
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        self._lock.notify_all()
+        self.backend.wake()
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -212,19 +222,15 @@ class Executor:
         same ``unit`` (the cells of one comparison) count once against the caps: only the first
         of them can be refused.
         """
-        loop = asyncio.get_running_loop()
-        if self._loop is None or self._idle is None:
-            self._loop = loop
-            self._idle = asyncio.Event()
-        idle = self._idle
+        idle = self._bind_loop(asyncio.get_running_loop())
         request = self.engine.resolve(request)
         with self._lock:
-            if enforce_caps and not (unit is not None and self._has_unit(user_id, unit)):
-                self._check_capacity_locked(user_id)
+            if enforce_caps and not (unit is not None and self.queue.has_unit(user_id, unit)):
+                self.queue.check_capacity(user_id)
             ticket = next(self._tickets) if ticket is None else ticket
-            if ticket in self._jobs:
+            if ticket in self.queue.jobs:
                 raise ValueError(f"ticket {ticket} is already queued")
-            job = _Job(
+            job = Job(
                 ticket,
                 user_id,
                 request,
@@ -234,128 +240,66 @@ class Executor:
                 group=group,
                 unit=ticket if unit is None else unit,
             )
-            self._jobs[ticket] = job
-            if user_id not in self._queues:
-                self._queues[user_id] = deque()
-                self._rotation.append(user_id)  # ahead of the held ones
-            self._queues[user_id].append(job)
+            self.queue.add(job)
             self._outstanding += 1
             idle.clear()
-            self._lock.notify_all()
+            self._wake_locked()
         self.start()
         return ticket
+
+    def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """The loop that callbacks go back to: the first one the executor is used from."""
+        if self._loop is None or self._idle is None:
+            self._loop = loop
+            self._idle = asyncio.Event()
+        return self._idle
 
     def check_capacity(self, user_id: int) -> None:
         """Raise ``QueueFull`` if ``user_id`` could not submit now (checked before replying)."""
         with self._lock:
-            self._check_capacity_locked(user_id)
-
-    def _has_unit(self, user_id: int, unit: int) -> bool:
-        return any(j.unit == unit and j.user_id == user_id for j in self._jobs.values())
-
-    def _units(self, jobs: Any) -> int:
-        """How many requests ``jobs`` are: a comparison's cells count once."""
-        return len({(j.user_id, j.unit) for j in jobs})
-
-    def _check_capacity_locked(self, user_id: int) -> None:
-        mine = self._units(j for j in self._jobs.values() if j.user_id == user_id)
-        if mine >= self.max_per_user:
-            raise QueueFull(
-                f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
-                f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
-                "or use /cancel."
-            )
-        if (everyone := self._units(self._jobs.values())) >= self.max_queue:
-            raise QueueFull(
-                f"The queue is full: {everyone} drawings are waiting or in progress. "
-                "Please try again in a few minutes."
-            )
+            self.queue.check_capacity(user_id)
 
     # -- inspecting ----------------------------------------------------------------------
-
-    def _fair_order(self, *, runnable: bool = False) -> list[_Job]:
-        """Queued jobs in the order they will start: round-robin over users, FIFO per user.
-
-        ``runnable`` leaves out the jobs of paused groups (a user's jobs elsewhere still run).
-        """
-        queues = [
-            [j for j in self._queues[u] if not (runnable and j.group in self._paused_groups)]
-            for u in self._serving_order()
-        ]
-        order: list[_Job] = []
-        for depth in range(max((len(q) for q in queues), default=0)):
-            order.extend(q[depth] for q in queues if depth < len(q))
-        return order
 
     def position(self, ticket: int) -> int | None:
         """0 while running, 1 for the next to start, ...; None once finished or unknown."""
         with self._lock:
-            if any(j.ticket == ticket for j in self._running):
-                return 0
-            for i, job in enumerate(self._fair_order(), start=1):
-                if job.ticket == ticket:
-                    return i
-        return None
+            return self.queue.position(ticket)
 
     def snapshot(self) -> list[QueueEntry]:
         """Every job, running ones first, then queued ones in the order they will start."""
         with self._lock:
-            running = [
-                QueueEntry(j.ticket, j.user_id, j.group, "running", j.unit) for j in self._running
-            ]
-            return running + [
-                QueueEntry(j.ticket, j.user_id, j.group, "queued", j.unit)
-                for j in self._fair_order()
-            ]
+            return self.queue.snapshot()
 
     def pending(self, user_id: int | None = None, *, group: int | EllipsisType | None = ...) -> int:
         """How many requests are queued or running (for one user, or for everyone; in one group
         if ``group`` is given). A comparison counts once, however many cells it has left."""
         with self._lock:
-            return self._units(
-                j
-                for j in self._jobs.values()
-                if (user_id is None or j.user_id == user_id) and (group is ... or j.group == group)
-            )
+            return self.queue.pending(user_id, group=group)
 
     # -- cancelling ----------------------------------------------------------------------
 
     def cancel(self, ticket: int) -> bool:
         """Cancel one job: dropped if queued, stopped at its next step if running."""
         with self._lock:
-            job = self._jobs.get(ticket)
+            job = self.queue.jobs.get(ticket)
             return job is not None and self._cancel_locked(job)
 
     def cancel_user(self, user_id: int) -> list[QueueEntry]:
         """Cancel every queued and running job of ``user_id``; returns those it cancelled."""
         with self._lock:
-            jobs = [j for j in self._jobs.values() if j.user_id == user_id]
-            running = set(map(id, self._running))
-            return [
-                QueueEntry(
-                    j.ticket,
-                    j.user_id,
-                    j.group,
-                    "running" if id(j) in running else "queued",
-                    j.unit,
-                )
-                for j in jobs
-                if self._cancel_locked(j)
-            ]
+            jobs = [j for j in self.queue.jobs.values() if j.user_id == user_id]
+            entries = [self.queue.entry(j) for j in jobs]
+            return [e for j, e in zip(jobs, entries, strict=True) if self._cancel_locked(j)]
 
-    def _cancel_locked(self, job: _Job) -> bool:
+    def _cancel_locked(self, job: Job) -> bool:
         if job.cancelled or job.ended:
             return False
         job.cancelled = True
-        if job in self._running:
-            return True  # the step hook stops it; the worker reports the outcome
-        queue = self._queues.get(job.user_id)
-        if queue is not None and job in queue:
-            queue.remove(job)
-            if not queue:
-                del self._queues[job.user_id]
-                self._leave_rotation(job.user_id)
-        self._jobs.pop(job.ticket, None)
+        if self.queue.is_running(job):
+            self.backend.stop(job)  # the worker reports the outcome
+            return True
+        self.queue.finish(job)
         self._finish(job, JobOutcome(job.ticket, job.user_id, "cancelled", job.request))
         return True
 
@@ -370,85 +314,17 @@ class Executor:
     def _is_idle(self) -> bool:
         return self._outstanding == 0 and not self._tasks
 
-    # -- the worker thread ---------------------------------------------------------------
+    # -- for backends: a batch's life ----------------------------------------------------
 
-    def _serve(self) -> None:
-        batch: list[_Job] = []
-        try:
-            while True:
-                with self._lock:
-                    while not self._closing and (self._paused or not self._has_runnable()):
-                        self._lock.wait()
-                    if self._closing:
-                        return
-                    batch = self._take_batch()
-                    self._running = batch
-                try:
-                    self._run(batch)
-                finally:
-                    with self._lock:
-                        self._running = []
-                batch = []
-        except BaseException as exc:
-            log.exception("the GPU worker thread died; restarting it")
-            with self._lock:
-                # The batch it died in: every job of it that has no outcome yet fails now, so it
-                # stops counting against the caps and its user hears about it.
-                for job in batch:
-                    self._jobs.pop(job.ticket, None)
-                    if not self._closing:
-                        self._finish(
-                            job,
-                            JobOutcome(job.ticket, job.user_id, "failed", job.request, error=exc),
-                        )
-                self._running = []
-                if not self._closing:
-                    # Under the lock: a start() from the loop must see the replacement already
-                    # alive, or it starts a second worker and two batches share the pipeline.
-                    self._spawn_locked()
+    def _take_batch(self) -> list[Job]:
+        """The next fair batch (under the lock); empty when nothing may start."""
+        return self.queue.take_batch()
 
-    def _has_runnable(self) -> bool:
-        if not self._paused_groups:
-            return bool(self._queues)
-        return any(
-            j.group not in self._paused_groups
-            for u in self._serving_order()
-            for j in self._queues[u]
-        )
-
-    def _serving_order(self) -> list[int]:
-        return [*self._rotation, *self._held]
-
-    def _leave_rotation(self, user_id: int) -> None:
-        if user_id in self._rotation:
-            self._rotation.remove(user_id)
-        if user_id in self._held:
-            self._held.remove(user_id)
-
-    def _take_batch(self) -> list[_Job]:
-        """Take the longest run of compatible jobs from the head of the fair order."""
-        self._rotation.extend(self._held)  # the last batch's users: to the back of the round
-        self._held.clear()
-        order = self._fair_order(runnable=True)
-        head = order[0]
-        key = batch_key(head.request)
-        batch, images = [head], head.request.count
-        for job in order[1:]:
-            if batch_key(job.request) != key or images + job.request.count > self.max_batch:
-                break  # stop at the first misfit: batching never reorders the queue
-            batch.append(job)
-            images += job.request.count
-        for job in batch:
-            queue = self._queues[job.user_id]
-            queue.remove(job)  # not always the head: a paused group's jobs may stand before it
-            self._leave_rotation(job.user_id)
-            if queue:
-                self._held.append(job.user_id)
-            else:
-                del self._queues[job.user_id]
-        return batch
-
-    def _run(self, batch: list[_Job]) -> None:
+    def _begin(self, batch: list[Job]) -> None:
+        """Before a batch draws, off the loop: count the attempt, record it, report step 0."""
+        with self._lock:
+            for job in batch:
+                job.attempts += 1
         if self.on_start is not None:
             try:
                 self.on_start([job.ticket for job in batch])
@@ -456,90 +332,65 @@ class Executor:
                 log.exception("recording the start of jobs %s failed", [j.ticket for j in batch])
         for job in batch:
             self._progress(job, 0, job.request.steps, force=True)
-        try:
-            results = self._attempt(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], exc)
-                return
-            # One bad job (or a batch too big for memory) must not sink the others.
-            log.warning("batch of %d failed (%r); retrying its jobs one at a time", len(batch), exc)
-            self._release_memory()
-            for job in batch:
-                if job.cancelled:
-                    self._complete(job, None)
-                    continue
-                try:
-                    (result,) = self._attempt([job])
-                except Exception as solo_exc:
-                    self._fail(job, solo_exc)
-                else:
-                    self._complete(job, result)
-            return
-        for job, result in zip(batch, results, strict=True):
-            self._complete(job, result)
 
-    def _attempt(self, batch: list[_Job]) -> list[DrawResult | None]:
-        """Run a batch; None for each job if every job in it was cancelled midway."""
-        import torch
-
-        def on_step(step: int, total: int) -> None:
-            if self._closing or all(j.cancelled for j in batch):
-                raise _Stop
-            for job in batch:
-                if not job.cancelled:
-                    self._progress(job, step, total, force=step == total)
-
-        oom = False
-        try:
-            return list(self.engine.run_batch([j.request for j in batch], on_step=on_step))
-        except _Stop:
-            return [None] * len(batch)
-        except torch.cuda.OutOfMemoryError:
-            oom = True
-        # Outside the except block: the traceback there still holds the tensors that
-        # filled the GPU, and emptying the cache now frees them.
-        if oom:
-            self._release_memory()
-            raise GpuOutOfMemory(
-                "That drawing did not fit in the GPU's memory. Try a smaller size or fewer images."
-            )
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _release_memory() -> None:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _complete(self, job: _Job, result: DrawResult | None) -> None:
+    def _complete(self, job: Job, result: DrawResult | None) -> None:
         with self._lock:
-            self._jobs.pop(job.ticket, None)
+            self.queue.finish(job)
             if job.cancelled or result is None:
-                outcome = JobOutcome(job.ticket, job.user_id, "cancelled", job.request)
+                outcome = self._outcome(job, "cancelled")
             else:
-                outcome = JobOutcome(job.ticket, job.user_id, "done", job.request, result=result)
+                outcome = self._outcome(job, "done", result=result)
             if not self._closing:
                 self._finish(job, outcome)
 
-    def _fail(self, job: _Job, exc: BaseException) -> None:
+    def _fail(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, EaselError):
             log.info("job %s failed: %s", job.ticket, exc)
         else:
             log.error("job %s failed", job.ticket, exc_info=exc)
         with self._lock:
-            self._jobs.pop(job.ticket, None)
-            outcome = JobOutcome(job.ticket, job.user_id, "failed", job.request, error=exc)
+            self.queue.finish(job)
+            outcome = self._outcome(job, "failed", error=exc)
             if job.cancelled:
-                outcome = JobOutcome(job.ticket, job.user_id, "cancelled", job.request)
+                outcome = self._outcome(job, "cancelled")
             if not self._closing:
                 self._finish(job, outcome)
 
-    def _progress(self, job: _Job, step: int, total: int, *, force: bool = False) -> None:
+    def _lost(self, jobs: Sequence[Job], why: str) -> None:
+        """The worker drawing ``jobs`` went away: each that has no outcome yet goes back to the
+        front of its user's queue, or fails once it was started ``max_attempts`` times."""
+        again: list[Job] = []
+        with self._lock:
+            for job in jobs:
+                if job.ended or job.ticket not in self.queue.jobs:
+                    continue
+                if self._closing:
+                    self.queue.finish(job)
+                elif job.cancelled:
+                    self.queue.finish(job)
+                    self._finish(job, self._outcome(job, "cancelled"))
+                elif job.attempts >= self.max_attempts:
+                    self.queue.finish(job)
+                    error = WorkerLost(
+                        f"The drawing stopped {job.attempts} times because the machine drawing "
+                        f"it went away ({why}), so it won't be tried again."
+                    )
+                    log.warning("job %s failed: %s", job.ticket, error)
+                    self._finish(job, self._outcome(job, "failed", error=error))
+                else:
+                    again.append(job)
+            if again:
+                log.warning(
+                    "jobs %s go back to the front of the queue: %s", [j.ticket for j in again], why
+                )
+                self.queue.requeue(again)
+                self._wake_locked()
+
+    def _outcome(self, job: Job, status: Status, **kw: Any) -> JobOutcome:
+        attempts = max(1, job.attempts)
+        return JobOutcome(job.ticket, job.user_id, status, job.request, attempts=attempts, **kw)
+
+    def _progress(self, job: Job, step: int, total: int, *, force: bool = False) -> None:
         now = time.perf_counter()  # time.monotonic may be frozen by test clocks
         if job.on_progress is None or (
             not force and now - job.last_progress < self.progress_interval
@@ -548,7 +399,7 @@ class Executor:
         job.last_progress = now
         self._dispatch(job, job.on_progress, (step, total), done=False)
 
-    def _finish(self, job: _Job, outcome: JobOutcome) -> None:
+    def _finish(self, job: Job, outcome: JobOutcome) -> None:
         if job.ended:
             return  # exactly one outcome per job, whatever path reports it
         job.ended = True
@@ -556,7 +407,7 @@ class Executor:
 
     # -- back to the event loop ----------------------------------------------------------
 
-    def _dispatch(self, job: _Job, callback: Callback | None, args: tuple[Any, ...], *, done: bool):
+    def _dispatch(self, job: Job, callback: Callback | None, args: tuple[Any, ...], *, done: bool):
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -599,3 +450,159 @@ class Executor:
     def _check_idle(self) -> None:
         if self._idle is not None and self._is_idle():
             self._idle.set()
+
+
+# -- drawing a batch, wherever it runs ---------------------------------------------------
+
+
+def draw_batch(
+    engine: Any,
+    requests: Sequence[DrawRequest],
+    on_step: BatchStepHook,
+    skip: Callable[[int], bool] = lambda i: False,
+) -> Iterator[tuple[int, DrawResult | Exception | None]]:
+    """Draw ``requests`` as one batch; yields ``(index, outcome)`` for each: its result, the
+    exception it failed with, or None when stopped (``on_step`` raised ``_Stop``).
+
+    If the batch fails, each request is drawn alone (those ``skip`` names are not: None), so
+    one bad job (or a batch too big for memory) does not sink the others.
+    """
+    everyone = list(range(len(requests)))
+    try:
+        results = _attempt(engine, requests, functools.partial(on_step, everyone))
+    except Exception as exc:
+        if len(requests) == 1:
+            yield 0, exc
+            return
+        log.warning("batch of %d failed (%r); retrying its jobs one at a time", len(requests), exc)
+        release_memory()
+        for i, request in enumerate(requests):
+            if skip(i):
+                yield i, None
+                continue
+            try:
+                (result,) = _attempt(engine, [request], functools.partial(on_step, [i]))
+            except Exception as solo_exc:
+                yield i, solo_exc
+            else:
+                yield i, result
+        return
+    yield from enumerate(results)
+
+
+def _attempt(
+    engine: Any, requests: Sequence[DrawRequest], on_step: Callable[[int, int], None]
+) -> list[DrawResult | None]:
+    """Run a batch; None for each job if it was stopped midway."""
+    import torch
+
+    oom = False
+    try:
+        return list(engine.run_batch(list(requests), on_step=on_step))
+    except _Stop:
+        return [None] * len(requests)
+    except torch.cuda.OutOfMemoryError:
+        oom = True
+    # Outside the except block: the traceback there still holds the tensors that
+    # filled the GPU, and emptying the cache now frees them.
+    if oom:
+        release_memory()
+        raise GpuOutOfMemory(
+            "That drawing did not fit in the GPU's memory. Try a smaller size or fewer images."
+        )
+    raise AssertionError("unreachable")
+
+
+def release_memory() -> None:
+    """Give memory back after a failed batch (the GPU's cache too)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- the local backend: one worker thread in this process -------------------------------
+
+
+class LocalBackend:
+    """Draws on one thread of this process (the default): the engine lives here."""
+
+    def __init__(self) -> None:
+        self._executor: Executor | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The worker thread, once started."""
+        return self._thread
+
+    def start(self, executor: Executor) -> None:
+        self._executor = executor
+        with executor._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            executor._closing = False
+            self._spawn_locked()
+
+    def _spawn_locked(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="easel-gpu", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        pass  # the thread waits on the executor's condition, which was notified
+
+    def stop(self, job: Job) -> None:
+        pass  # the step hook sees the flag
+
+    def close(self, timeout: float | None) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _serve(self) -> None:
+        ex = self._executor
+        assert ex is not None
+        batch: list[Job] = []
+        try:
+            while True:
+                with ex._lock:
+                    while not ex._closing and not ex.queue.ready():
+                        ex._lock.wait()
+                    if ex._closing:
+                        return
+                    batch = ex._take_batch()
+                self._run(ex, batch)  # every job of it ends there, leaving the queue
+                batch = []
+        except BaseException as exc:
+            log.exception("the GPU worker thread died; restarting it")
+            with ex._lock:
+                # The batch it died in: every job of it that has no outcome yet fails now, so it
+                # stops counting against the caps and its user hears about it.
+                for job in batch:
+                    ex.queue.finish(job)
+                    if not ex._closing:
+                        ex._finish(job, ex._outcome(job, "failed", error=exc))
+                if not ex._closing:
+                    # Under the lock: a start() from the loop must see the replacement already
+                    # alive, or it starts a second worker and two batches share the pipeline.
+                    self._spawn_locked()
+
+    def _run(self, ex: Executor, batch: list[Job]) -> None:
+        ex._begin(batch)
+
+        def on_step(indices: list[int], step: int, total: int) -> None:
+            if ex._closing or all(batch[i].cancelled for i in indices):
+                raise _Stop
+            for i in indices:
+                if not batch[i].cancelled:
+                    ex._progress(batch[i], step, total, force=step == total)
+
+        requests = [j.request for j in batch]
+        for i, outcome in draw_batch(ex.engine, requests, on_step, lambda i: batch[i].cancelled):
+            if isinstance(outcome, Exception):
+                ex._fail(batch[i], outcome)
+            else:
+                ex._complete(batch[i], outcome)

@@ -284,7 +284,7 @@ async def test_close_joins_the_thread(sd_engine):
     ex = Executor(sd_engine)
     ex.submit(req(steps=150), user_id=1)
     await asyncio.sleep(0.2)
-    thread = ex._thread
+    thread = ex.backend.thread
     assert thread is not None and thread.is_alive()
     ex.close()
     assert not thread.is_alive()
@@ -315,4 +315,61 @@ async def test_someone_arriving_while_a_user_draws_goes_before_that_users_next_j
     await ex.wait_idle()
     assert started == [alice[0], bob[0], alice[1], alice[2]]
     assert len(ex.cancel_user(1)) == 0  # nothing left behind
+    ex.close()
+
+
+class LosesItsWorker:
+    """A backend whose worker goes away in every batch (what a killed Ray worker does), on a
+    thread of its own; the real engine is never reached."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.batches: list[list[int]] = []
+
+    def start(self, executor: Executor) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.serve, args=(executor,), daemon=True)
+            self.thread.start()
+
+    def serve(self, ex: Executor) -> None:
+        while True:
+            with ex._lock:
+                while not ex.closing and not ex.queue.ready():
+                    ex._lock.wait()
+                if ex.closing:
+                    return
+                batch = ex._take_batch()
+            ex._begin(batch)
+            self.batches.append([j.ticket for j in batch])
+            ex._lost(batch, "worker 0 stopped")
+
+    def wake(self) -> None:
+        pass
+
+    def stop(self, job) -> None:
+        pass
+
+    def close(self, timeout: float | None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+async def test_a_job_whose_worker_is_lost_runs_again_first_then_fails_after_max_attempts(
+    sd_engine,
+):
+    backend = LosesItsWorker()
+    ex = Executor(sd_engine, max_batch=1, max_attempts=3, backend=backend)
+    rec = Recorder()
+    ex.pause()
+    first = rec.submit(ex, req(seed=1), user=1)
+    second = rec.submit(ex, req(seed=2), user=2)
+    ex.resume()
+    await ex.wait_idle()
+    # Each lost job went back to the front: it ran again before the other user's.
+    assert backend.batches == [[first], [first], [first], [second], [second], [second]]
+    out = rec.by_ticket()
+    assert out[first].status == "failed" and out[first].attempts == 3
+    assert out[first].message.startswith("The drawing stopped 3 times because the machine")
+    assert "(worker 0 stopped)" in out[first].message
+    assert ex.pending() == 0
     ex.close()

@@ -1,0 +1,236 @@
+"""Who draws next: per-user queues served round-robin, caps, pauses and batch selection.
+
+Pure bookkeeping, no threads and no I/O: the executor owns one ``FairQueue`` and calls it under
+its lock, whichever backend (a local thread, Ray workers) does the drawing. Every worker asks the
+same queue for its next batch, so all of them share one fair order.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Any, Literal
+
+from pipeline.engine import batch_key
+from pipeline.errors import QueueFull
+from pipeline.request import DrawRequest
+
+Callback = Callable[..., Awaitable[Any] | Any]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as ``snapshot`` shows it."""
+
+    ticket: int
+    user_id: int
+    group: int | None
+    state: Literal["running", "queued"]
+    # The request this job is part of: its own ticket, or a comparison's id for each cell.
+    unit: int = 0
+
+
+@dataclass(eq=False)
+class Job:
+    """One submitted request and everything needed to report back on it."""
+
+    ticket: int
+    user_id: int
+    request: DrawRequest
+    on_progress: Callback | None
+    on_done: Callback | None
+    context: contextvars.Context
+    # Who the job belongs to besides its user (the bot: its server; None: DMs). Pausing a group
+    # holds its jobs back while others run.
+    group: int | None = None
+    # Jobs sharing a unit (the cells of one comparison) count as one request against the caps,
+    # but each is served on its own turn of the round-robin: fairness is by the picture.
+    unit: int = 0
+    cancelled: bool = False
+    # Set when on_done has been dispatched: every job gets exactly one outcome.
+    ended: bool = False
+    last_progress: float = field(default=-1e9)
+    # How many times a batch holding this job was started (a lost worker's jobs run again).
+    attempts: int = 0
+
+
+class FairQueue:
+    """Per-user FIFO queues served round-robin, with per-user and global caps.
+
+    Not thread-safe: the owner serialises every call (the executor's lock).
+    """
+
+    def __init__(self, *, max_per_user: int = 3, max_queue: int = 50, max_batch: int = 4) -> None:
+        self.max_per_user = max_per_user
+        self.max_queue = max_queue
+        self.max_batch = max(1, max_batch)
+        self.jobs: dict[int, Job] = {}  # queued and running, by ticket
+        self.running: list[Job] = []  # on every worker
+        self.paused = False
+        self.paused_groups: set[int | None] = set()
+        self._queues: dict[int, deque[Job]] = {}
+        self._rotation: deque[int] = deque()  # users with queued jobs, in serving order
+        # Users whose batch started and who have more queued: they rejoin the rotation at the
+        # next take, so whoever arrives meanwhile is served before their next job.
+        self._held: list[int] = []
+
+    # -- adding and capacity -------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Queue ``job`` at the back of its user's queue (caps are checked by the caller)."""
+        if job.ticket in self.jobs:
+            raise ValueError(f"ticket {job.ticket} is already queued")
+        self.jobs[job.ticket] = job
+        if job.user_id not in self._queues:
+            self._queues[job.user_id] = deque()
+            self._rotation.append(job.user_id)  # ahead of the held ones
+        self._queues[job.user_id].append(job)
+
+    def has_unit(self, user_id: int, unit: int) -> bool:
+        return any(j.unit == unit and j.user_id == user_id for j in self.jobs.values())
+
+    @staticmethod
+    def units(jobs: Iterable[Job]) -> int:
+        """How many requests ``jobs`` are: a comparison's cells count once."""
+        return len({(j.user_id, j.unit) for j in jobs})
+
+    def check_capacity(self, user_id: int) -> None:
+        """Raise ``QueueFull`` if ``user_id`` could not submit now."""
+        mine = self.units(j for j in self.jobs.values() if j.user_id == user_id)
+        if mine >= self.max_per_user:
+            raise QueueFull(
+                f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
+                f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
+                "or use /cancel."
+            )
+        if (everyone := self.units(self.jobs.values())) >= self.max_queue:
+            raise QueueFull(
+                f"The queue is full: {everyone} drawings are waiting or in progress. "
+                "Please try again in a few minutes."
+            )
+
+    # -- inspecting ----------------------------------------------------------------------
+
+    def fair_order(self, *, runnable: bool = False) -> list[Job]:
+        """Queued jobs in the order they will start: round-robin over users, FIFO per user.
+
+        ``runnable`` leaves out the jobs of paused groups (a user's jobs elsewhere still run).
+        """
+        queues = [
+            [j for j in self._queues[u] if not (runnable and j.group in self.paused_groups)]
+            for u in self._serving_order()
+        ]
+        order: list[Job] = []
+        for depth in range(max((len(q) for q in queues), default=0)):
+            order.extend(q[depth] for q in queues if depth < len(q))
+        return order
+
+    def position(self, ticket: int) -> int | None:
+        """0 while running, 1 for the next to start, ...; None once finished or unknown."""
+        if any(j.ticket == ticket for j in self.running):
+            return 0
+        for i, job in enumerate(self.fair_order(), start=1):
+            if job.ticket == ticket:
+                return i
+        return None
+
+    def snapshot(self) -> list[QueueEntry]:
+        """Every job, running ones first, then queued ones in the order they will start."""
+        running = [
+            QueueEntry(j.ticket, j.user_id, j.group, "running", j.unit) for j in self.running
+        ]
+        return running + [
+            QueueEntry(j.ticket, j.user_id, j.group, "queued", j.unit) for j in self.fair_order()
+        ]
+
+    def pending(self, user_id: int | None = None, *, group: int | EllipsisType | None = ...) -> int:
+        """How many requests are queued or running (see ``Executor.pending``)."""
+        return self.units(
+            j
+            for j in self.jobs.values()
+            if (user_id is None or j.user_id == user_id) and (group is ... or j.group == group)
+        )
+
+    def entry(self, job: Job) -> QueueEntry:
+        state: Literal["running", "queued"] = "running" if self.is_running(job) else "queued"
+        return QueueEntry(job.ticket, job.user_id, job.group, state, job.unit)
+
+    def is_running(self, job: Job) -> bool:
+        return any(j is job for j in self.running)
+
+    def has_runnable(self) -> bool:
+        """Whether a job outside the paused groups is queued (the global pause aside)."""
+        if not self.paused_groups:
+            return bool(self._queues)
+        return any(
+            j.group not in self.paused_groups
+            for u in self._serving_order()
+            for j in self._queues[u]
+        )
+
+    def ready(self) -> bool:
+        """Whether ``take_batch`` would return something now."""
+        return not self.paused and self.has_runnable()
+
+    # -- taking and giving back ----------------------------------------------------------
+
+    def take_batch(self) -> list[Job]:
+        """Take the longest run of compatible jobs from the head of the fair order; they count
+        as running until ``finish``. Empty when nothing may start."""
+        if not self.ready():
+            return []
+        self._rotation.extend(self._held)  # the last batch's users: to the back of the round
+        self._held.clear()
+        order = self.fair_order(runnable=True)
+        head = order[0]
+        key = batch_key(head.request)
+        batch, images = [head], head.request.count
+        for job in order[1:]:
+            if batch_key(job.request) != key or images + job.request.count > self.max_batch:
+                break  # stop at the first misfit: batching never reorders the queue
+            batch.append(job)
+            images += job.request.count
+        for job in batch:
+            queue = self._queues[job.user_id]
+            queue.remove(job)  # not always the head: a paused group's jobs may stand before it
+            self._leave_rotation(job.user_id)
+            if queue:
+                self._held.append(job.user_id)
+            else:
+                del self._queues[job.user_id]
+        self.running.extend(batch)
+        return batch
+
+    def finish(self, job: Job) -> None:
+        """Forget a job that ended (queued or running)."""
+        self.jobs.pop(job.ticket, None)
+        self.running = [j for j in self.running if j is not job]
+        queue = self._queues.get(job.user_id)
+        if queue is not None and job in queue:
+            queue.remove(job)
+            if not queue:
+                del self._queues[job.user_id]
+                self._leave_rotation(job.user_id)
+
+    def requeue(self, jobs: Iterable[Job]) -> None:
+        """Put running jobs back at the front of their users' queues, their users first in the
+        rotation: a job whose worker was lost is next, not last."""
+        jobs = [j for j in jobs if j.ticket in self.jobs]
+        for job in reversed(jobs):
+            self.running = [j for j in self.running if j is not job]
+            self._queues.setdefault(job.user_id, deque()).appendleft(job)
+        for user_id in reversed(list(dict.fromkeys(j.user_id for j in jobs))):
+            self._leave_rotation(user_id)
+            self._rotation.appendleft(user_id)
+
+    def _serving_order(self) -> list[int]:
+        return [*self._rotation, *self._held]
+
+    def _leave_rotation(self, user_id: int) -> None:
+        if user_id in self._rotation:
+            self._rotation.remove(user_id)
+        if user_id in self._held:
+            self._held.remove(user_id)

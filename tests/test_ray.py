@@ -1,0 +1,392 @@
+"""The executor on Ray: a real local cluster (a head and 3 nodes with one declared GPU each, CPU
+only), real tiny pipelines in the workers, a real SQLite store, and the bot through SimCord.
+
+One cluster and one set of 3 workers serve the module (starting them is most of its time); the
+tests that share the workers run on one event loop, since the workers' dispatchers live on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from bot.store import InvalidTransition, Store  # noqa: E402
+from pipeline.errors import ModelLoadError, UnsupportedOption  # noqa: E402
+from pipeline.executor import Executor, JobOutcome  # noqa: E402
+from pipeline.ray_backend import RayBackend, WorkerSpec, WorkersUnavailable  # noqa: E402
+from pipeline.request import DrawRequest  # noqa: E402
+from tests.imagecheck import assert_close_images  # noqa: E402
+
+shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def req(seed: int, prompt: str = "a lighthouse", **kw) -> DrawRequest:
+    return DrawRequest(prompt, **{"steps": 3, "seed": seed, "sampler": "pndm", **kw})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = time.perf_counter()
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
+    )
+    for _ in range(3):
+        c.add_node(num_cpus=1, num_gpus=1)  # a declared GPU: Ray schedules by it, nothing uses it
+    ray.init(address=c.address, log_to_driver=False, logging_level=logging.WARNING)
+    c.wait_for_nodes()
+    logging.getLogger(__name__).info("cluster up in %.1f s", time.perf_counter() - started)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def backend(cluster, model_cache: Path, sd_engine):
+    # sd_engine first: the tiny model is built once, here, before the workers load it.
+    spec = WorkerSpec("tiny:sd", device="cpu", cache_dir=model_cache, torch_threads=1)
+    b = RayBackend(spec, workers=3, gpus_per_worker=1, worker_timeout_s=60)
+    b.connect()
+    yield b
+    b.close(30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def executor(backend):
+    ex = Executor(backend.engine, backend=backend, max_batch=4, progress_interval=0)
+    ex.start()
+    yield ex
+    ex.close()
+
+
+@pytest.fixture
+def fresh(executor):
+    """The shared executor with this test's settings, put back afterwards."""
+    saved = executor.queue.max_batch, executor.on_start
+    yield executor
+    executor.queue.max_batch, executor.on_start = saved
+    executor.resume()
+
+
+async def all_workers_back(backend: RayBackend, seconds: float = 90) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if all(backend.workers):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"workers not back: {backend.workers}")
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.done: list[JobOutcome] = []
+
+    async def __call__(self, outcome: JobOutcome) -> None:
+        self.done.append(outcome)
+
+    def by_ticket(self) -> dict[int, JobOutcome]:
+        return {o.ticket: o for o in self.done}
+
+
+# -- 1. placement ---------------------------------------------------------------------------
+
+
+def test_three_workers_on_three_nodes_report_the_local_engines_capabilities(
+    backend, cluster, sd_engine
+):
+    infos = backend.workers
+    assert len(infos) == 3 and all(infos)
+    nodes = {i.node_id for i in infos}
+    assert len(nodes) == 3 and cluster.head_node.node_id not in nodes
+    assert len({i.pid for i in infos}) == 3 and os.getpid() not in {i.pid for i in infos}
+    assert all(i.capabilities == sd_engine.capabilities for i in infos)
+    # The bot validates with what the workers reported, without a model of its own.
+    remote = backend.engine
+    assert remote.pipe is None
+    long = DrawRequest(" ".join(["banana"] * 90), seed=1)
+    assert remote.validate(long) == sd_engine.validate(long) != []
+    for bad in (req(1, width=100), req(1, sampler="euler", eta=0.5), req(1, steps=500)):
+        with pytest.raises(UnsupportedOption) as there:
+            sd_engine.validate(bad)
+        with pytest.raises(UnsupportedOption, match=re.escape(str(there.value))):
+            remote.validate(bad)
+
+
+def test_too_few_gpus_is_said_before_any_worker_starts(cluster):
+    too_many = RayBackend(WorkerSpec("tiny:sd"), workers=4, gpus_per_worker=1)
+    with pytest.raises(WorkersUnavailable, match="needs 4 GPUs, but the Ray cluster has 3"):
+        too_many.connect()
+    assert ray.is_initialized()  # the cluster it joined is not its own to shut down
+
+
+def test_a_model_that_fails_to_load_in_the_workers_stops_the_start_with_its_message(cluster):
+    spec = WorkerSpec("models/dreamy.safetensors", device="cpu")
+    broken = RayBackend(spec, workers=1, gpus_per_worker=0, worker_timeout_s=60)
+    began = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"The checkpoint file models/dreamy\.safetensors"):
+        broken.connect()
+    assert time.perf_counter() - began < 30  # not restarted until the timeout
+
+
+# -- 3. fairness across workers -------------------------------------------------------------
+
+
+@shared_loop
+async def test_three_workers_start_one_job_of_each_user_first(fresh):
+    ex = fresh
+    ex.queue.max_batch = 1
+    started: list[list[int]] = []
+    lock = threading.Lock()
+
+    def on_start(tickets: list[int]) -> None:
+        with lock:
+            started.append(tickets)
+
+    ex.on_start = on_start
+    ex.pause()
+    a = [ex.submit(req(i), user_id=1) for i in range(3)]
+    b = [ex.submit(req(10 + i), user_id=2) for i in range(3)]
+    (c,) = [ex.submit(req(20), user_id=3)]
+    ex.resume()
+    await ex.wait_idle()
+    assert all(len(t) == 1 for t in started)  # no batching
+    order = [t for (t,) in started]
+    # The first three batches went to the three workers at once; the 4th waited for a free one.
+    assert set(order[:3]) == {a[0], b[0], c}
+    assert sorted(order) == sorted([*a, *b, c])
+    assert order.index(a[1]) < order.index(a[2]) and order.index(b[1]) < order.index(b[2])
+
+
+# -- 4. batching ----------------------------------------------------------------------------
+
+
+@shared_loop
+async def test_four_compatible_jobs_run_as_one_batch_on_one_worker(fresh, backend, sd_engine):
+    ex = fresh
+    batches: list[tuple[list[int], set[int | None]]] = []
+    outcomes = Outcomes()
+
+    def on_start(tickets: list[int]) -> None:
+        batches.append((tickets, {backend.worker_of(t) for t in tickets}))
+
+    ex.on_start = on_start
+    ex.pause()
+    requests = {u: req(100 + u, prompt=f"picture {u}") for u in range(4)}
+    tickets = {u: ex.submit(r, user_id=u, on_done=outcomes) for u, r in requests.items()}
+    ex.resume()
+    await ex.wait_idle()
+    ((batch, workers),) = batches
+    assert batch == list(tickets.values()) and len(workers) == 1 and None not in workers
+    out = outcomes.by_ticket()
+    local = sd_engine.run_batch([ex.engine.resolve(r) for r in requests.values()])
+    for u, mine in zip(requests, local, strict=True):
+        result = out[tickets[u]].result
+        assert out[tickets[u]].status == "done" and result is not None
+        assert result.seeds == mine.seeds
+        assert_close_images(result.images[0], mine.images[0])  # another process: the bound
+
+
+@shared_loop
+async def test_a_picture_to_start_from_is_sent_with_the_job(fresh, sd_engine, tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "bot-only" / "start.png"  # where the bot keeps it; no worker reads it
+    source.parent.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
+    request = req(5, steps=4, task="img2img", init_image=str(source), strength=0.6)
+    outcomes = Outcomes()
+    ticket = fresh.submit(request, user_id=1, on_done=outcomes)
+    await fresh.wait_idle()
+    outcome = outcomes.by_ticket()[ticket]
+    assert outcome.status == "done" and outcome.result is not None, outcome.message
+    assert outcome.result.request.init_image == str(source)  # stored as the bot's own path
+    alone = sd_engine.run(fresh.engine.resolve(request))
+    assert_close_images(outcome.result.images[0], alone.images[0])
+    copies = Path(tempfile.gettempdir()) / f"easel-ray-pictures-{os.getuid()}"
+    assert source.read_bytes() in [p.read_bytes() for p in copies.iterdir()]
+
+
+# -- 2. exactly once when a worker is lost ---------------------------------------------------
+
+
+@shared_loop
+@pytest.mark.parametrize("fault", ["kill the process", "remove the node", "hang"])
+async def test_every_job_is_delivered_once_when_the_worker_drawing_one_is_lost(
+    fresh, backend, cluster, sd_engine, tmp_path, fault
+):
+    ex = fresh
+    loop = asyncio.get_running_loop()
+    store = Store(tmp_path / "easel.sqlite3", tmp_path / "data")
+    await store.open()
+    delivered: list[int] = []
+    refused: list[int] = []
+    lost: dict[str, object] = {}
+
+    def on_start(tickets: list[int]) -> None:
+        # As the bot does: the attempt is committed before the batch draws.
+        for t in tickets:
+            asyncio.run_coroutine_threadsafe(store.mark_running(t), loop).result(30)
+
+    async def on_done(outcome: JobOutcome) -> None:
+        delivered.append(outcome.ticket)
+        assert outcome.status == "done", outcome.message
+        await store.mark_done(outcome.ticket, images=[], request=outcome.request)
+        try:  # only the first completion counts
+            await store.mark_done(outcome.ticket, images=[])
+        except InvalidTransition:
+            refused.append(outcome.ticket)
+        if outcome.ticket == x:
+            lost["outcome"] = outcome
+
+    def on_progress(step: int, total: int) -> None:
+        if step >= 1 and "worker" not in lost:
+            index = backend.worker_of(x)
+            info = backend.workers[index]
+            lost["worker"] = info
+            if fault == "kill the process":
+                os.kill(info.pid, signal.SIGKILL)
+            elif fault == "hang":  # a stuck driver, say: alive, silent
+                backend.worker_timeout_s = 2
+                os.kill(info.pid, signal.SIGSTOP)
+            else:
+                node = next(n for n in cluster.list_all_nodes() if n.node_id == info.node_id)
+                cluster.remove_node(node)
+
+    ex.on_start = on_start
+    ex.pause()
+    x_request = req(7, steps=40)  # longer, and alone in its batch (other steps)
+    x = None
+    for user in range(4):
+        for i in range(3):
+            r = x_request if (user, i) == (0, 0) else req(1000 + 10 * user + i)
+            job_id = await store.add_job(
+                r, guild_id=1, channel_id=2, user_id=user, user_name=f"user {user}"
+            )
+            ex.submit(
+                r,
+                user_id=user,
+                ticket=job_id,
+                on_done=on_done,
+                on_progress=on_progress if (user, i) == (0, 0) else None,
+            )
+            x = job_id if (user, i) == (0, 0) else x
+    ex.resume()
+    await ex.wait_idle()
+    try:
+        assert "worker" in lost, "the fault was never injected"
+        assert Counter(delivered) == Counter(range(1, 13))  # each exactly once
+        assert sorted(refused) == list(range(1, 13))
+        outcome = lost["outcome"]
+        assert isinstance(outcome, JobOutcome) and outcome.attempts == 2
+        record = await store.get_job(x)
+        assert record.status == "done" and record.attempts == 2
+        others = [(await store.get_job(t)).attempts for t in range(1, 13) if t != x]
+        assert others == [1] * 11
+        assert outcome.result is not None
+        alone = sd_engine.run(ex.engine.resolve(x_request))
+        assert_close_images(outcome.result.images[0], alone.images[0])
+    finally:
+        await store.close()
+        backend.worker_timeout_s = 60
+        if fault == "remove the node":
+            cluster.add_node(num_cpus=1, num_gpus=1)  # the lost worker restarts there
+    # Ray restarts the lost worker meanwhile; the last test below waits for it.
+
+
+# -- 5. cancel, then close -------------------------------------------------------------------
+
+
+@shared_loop
+async def test_a_running_remote_job_is_cancelled_and_close_leaves_no_worker(fresh, backend):
+    ex = fresh
+    await all_workers_back(backend)  # the workers lost above were restarted, on 3 nodes
+    assert len({i.node_id for i in backend.workers}) == 3
+    outcomes = Outcomes()
+    drawing = asyncio.Event()
+
+    def on_progress(step: int, total: int) -> None:
+        if step >= 1:
+            drawing.set()
+
+    long = ex.submit(req(1, steps=150), user_id=1, on_done=outcomes, on_progress=on_progress)
+    await asyncio.wait_for(drawing.wait(), 60)
+    began = time.perf_counter()
+    assert ex.position(long) == 0 and ex.cancel(long)
+    after = ex.submit(req(2), user_id=1, on_done=outcomes)
+    await ex.wait_idle()
+    out = outcomes.by_ticket()
+    assert out[long].status == "cancelled" and out[long].result is None
+    assert out[after].status == "done"
+    assert time.perf_counter() - began < 10
+
+    pids = [i.pid for i in backend.workers]
+    ex.close()
+    for _ in range(200):
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if not alive:
+            break
+        await asyncio.sleep(0.05)
+    assert not alive, f"Ray workers still running after close(): {alive}"
+    assert not [t for t in threading.enumerate() if t.name == "easel-ray-watchdog"]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+# -- 6. the bot, end to end ------------------------------------------------------------------
+
+
+@pytest.fixture
+def bot_settings(bot_settings, cluster):
+    # One worker without a GPU: it runs wherever Ray has room, whatever the tests above left.
+    return dataclasses.replace(bot_settings, executor="ray", workers=1, gpus_per_worker=0)
+
+
+async def test_the_bot_draws_on_ray_and_resumes_queued_jobs_after_a_restart(world, make_bot):
+    from bot.store import JobRecord
+
+    env, bot = world.env, world.bot
+    assert isinstance(bot.executor.backend, RayBackend) and bot.engine.pipe is None
+    r = await world.alice.slash(world.channel, "draw", prompt="a cat", seed=3, steps=6)
+    await world.idle()
+    edits = [
+        e.json.get("content")
+        for e in env.http_requests
+        if e.method == "PATCH" and e.path.endswith("@original") and e.json
+    ]
+    assert any(e and e.startswith("Drawing… ") and e.endswith("/6") for e in edits)
+    assert r.response.embeds[0].footer.text == "Job #1" and len(r.response.attachments) == 1
+    record: JobRecord = await bot.store.get_job(1)
+    assert record.status == "done" and record.attempts == 1
+
+    bot.executor.pause()  # queued when the bot goes down
+    await world.bob.slash(world.channel, "draw", prompt="a harbour", seed=2, count=2)
+    await world.alice.slash(world.channel, "draw", prompt="a lighthouse", seed=4)
+    from tests.conftest import shut_down
+
+    await shut_down(bot)
+    new = make_bot()
+    await env.restart_bot(new)
+    await world.idle()
+    posted = [m for m in world.channel.history() if m.embeds]
+    assert sorted(m.embeds[0].footer.text for m in posted) == ["Job #1", "Job #2", "Job #3"]
+    assert [(await new.store.get_job(i)).status for i in (2, 3)] == ["done", "done"]
