@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any, Literal, Protocol
 
+from pipeline import messages
 from pipeline.errors import EaselError, GpuOutOfMemory
 from pipeline.fairqueue import FairQueue, Job, QueueEntry
+from pipeline.messages import N_
 from pipeline.request import DrawRequest, DrawResult
 
 __all__ = [
@@ -372,8 +374,14 @@ class Executor:
                 elif job.attempts >= self.max_attempts:
                     self.queue.finish(job)
                     error = WorkerLost(
-                        f"The drawing stopped {job.attempts} times because the machine drawing "
-                        f"it went away ({why}), so it won't be tried again."
+                        messages.ngettext(
+                            "The drawing stopped {n} time because the machine drawing it went "
+                            "away ({why}), so it won't be tried again.",
+                            "The drawing stopped {n} times because the machine drawing it went "
+                            "away ({why}), so it won't be tried again.",
+                            job.attempts,
+                            why=why,
+                        )
                     )
                     log.warning("job %s failed: %s", job.ticket, error)
                     self._finish(job, self._outcome(job, "failed", error=error))
@@ -508,7 +516,7 @@ def _attempt(
     if oom:
         release_memory()
         raise GpuOutOfMemory(
-            "That drawing did not fit in the GPU's memory. Try a smaller size or fewer images."
+            N_("That drawing did not fit in the GPU's memory. Try a smaller size or fewer images.")
         )
     raise AssertionError("unreachable")
 

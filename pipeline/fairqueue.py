@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, Literal
 
+from pipeline import messages
 from pipeline.engine import batch_key
 from pipeline.errors import QueueFull
 from pipeline.request import DrawRequest
@@ -102,14 +103,24 @@ class FairQueue:
         mine = self.units(j for j in self.jobs.values() if j.user_id == user_id)
         if mine >= self.max_per_user:
             raise QueueFull(
-                f"You already have {mine} drawing{'s' if mine != 1 else ''} waiting or in "
-                f"progress (the limit is {self.max_per_user}). Wait for one to finish, "
-                "or use /cancel."
+                messages.ngettext(
+                    "You already have {n} drawing waiting or in progress (the limit is "
+                    "{limit}). Wait for one to finish, or use /cancel.",
+                    "You already have {n} drawings waiting or in progress (the limit is "
+                    "{limit}). Wait for one to finish, or use /cancel.",
+                    mine,
+                    limit=self.max_per_user,
+                )
             )
         if (everyone := self.units(self.jobs.values())) >= self.max_queue:
             raise QueueFull(
-                f"The queue is full: {everyone} drawings are waiting or in progress. "
-                "Please try again in a few minutes."
+                messages.ngettext(
+                    "The queue is full: {n} drawing is waiting or in progress. Please try "
+                    "again in a few minutes.",
+                    "The queue is full: {n} drawings are waiting or in progress. Please try "
+                    "again in a few minutes.",
+                    everyone,
+                )
             )
 
     # -- inspecting ----------------------------------------------------------------------
