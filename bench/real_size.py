@@ -265,6 +265,9 @@ class Measurement:
     """What one configuration measured; ``skipped`` says why it was not run."""
 
     seconds: float = math.nan  # drawing all images, after the warm-up
+    # CPU time of the whole process (all threads) over the same span: steadier than the wall
+    # clock on a CPU that other people's jobs share.
+    cpu_s: float = math.nan
     load_s: float = math.nan
     rss_mb: float = math.nan  # resident high-water mark of the process
     gpu_mb: float = math.nan  # torch.cuda.max_memory_allocated, CUDA only
@@ -346,8 +349,18 @@ def _load(config: Config, folder: str) -> tuple[Any, Any]:
     return None, pipe
 
 
-async def _through_executor(engine: Any, config: Config) -> float:
-    """Seconds for the executor to draw the jobs (one per user, as members ask)."""
+def _clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) now."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+async def _through_executor(engine: Any, config: Config) -> tuple[float, float]:
+    """(wall, CPU) seconds for the executor to draw the jobs (one per user, as members ask)."""
     from pipeline.executor import Executor
 
     outcomes: list[Any] = []
@@ -358,12 +371,12 @@ async def _through_executor(engine: Any, config: Config) -> float:
             executor.submit(r, user_id=user, on_done=outcomes.append)
         await executor.wait_idle()
         jobs = _jobs(config, steps=config.steps, size=config.size, count=config.images)
-        started = time.perf_counter()
+        started = _clock()
         for user, r in enumerate(jobs):
             # A progress callback, as the bot's: the executor reports steps to it on the loop.
             executor.submit(r, user_id=user, on_progress=lambda s, n: None, on_done=outcomes.append)
         await executor.wait_idle()
-        elapsed = time.perf_counter() - started
+        elapsed = _since(started)
     finally:
         executor.close()
     failed = [o for o in outcomes if o.status != "done"]
@@ -393,17 +406,17 @@ def _plain_calls(pipe: Any, config: Config, jobs: list[Any], batch: int) -> None
         assert len(images) == len(chunk) and images[0].size == (chunk[0].width, chunk[0].height)
 
 
-def _plain(pipe: Any, config: Config) -> float:
-    """Seconds for plain calls to draw the jobs, on one thread of their own as the executor's
-    (a thread that computes gets its own OpenMP team: warm-up and run share it)."""
-    box: list[float] = []
+def _plain(pipe: Any, config: Config) -> tuple[float, float]:
+    """(wall, CPU) seconds for plain calls to draw the jobs, on a thread of their own like the
+    executor's (a thread that computes gets its own OpenMP team: warm-up and run share it)."""
+    box: list[tuple[float, float]] = []
 
     def work() -> None:
         _plain_calls(pipe, config, _warm_up_jobs(config), config.max_batch)
         jobs = _jobs(config, steps=config.steps, size=config.size, count=config.images)
-        started = time.perf_counter()
+        started = _clock()
         _plain_calls(pipe, config, jobs, config.max_batch)
-        box.append(time.perf_counter() - started)
+        box.append(_since(started))
 
     thread = threading.Thread(target=work, name="plain")
     thread.start()
@@ -440,11 +453,12 @@ def measure(config: Config, folder: str) -> Measurement:
     if setup.compile:
         pipe.unet = torch.compile(pipe.unet)
     if engine is not None:
-        seconds = asyncio.run(_through_executor(engine, config))
+        seconds, cpu_s = asyncio.run(_through_executor(engine, config))
     else:
-        seconds = _plain(pipe, config)
+        seconds, cpu_s = _plain(pipe, config)
     result = Measurement(
         seconds=seconds,
+        cpu_s=cpu_s,
         load_s=load_s,
         rss_mb=peak_rss_mb(),
         gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else math.nan,
@@ -588,6 +602,7 @@ COLUMNS = (
     "batching",
     "s/image",
     "images/s",
+    "CPU s/image",
     "peak RSS MB",
     "peak GPU MB",
     "load s",
@@ -606,12 +621,13 @@ def table(rows: Sequence[Row]) -> str:
         head = [MODELS[c.model].label + f" {c.size} px", c.setup.label, c.path, c.batching]
         if m.skipped or (m.error and math.isnan(m.seconds)):
             why = m.skipped or "failed (see above)"
-            cells = [*head, why, "", "", "", ""]
+            cells = [*head, why, *[""] * (len(COLUMNS) - len(head) - 1)]
         else:
             cells = [
                 *head,
                 _num(row.s_per_image, 2),
                 _num(row.images_per_s, 3),
+                _num(m.cpu_s / c.images, 2),
                 _num(m.rss_mb, 0),
                 _num(m.gpu_mb, 0),
                 _num(m.load_s, 1),
@@ -652,6 +668,12 @@ def checks(rows: Sequence[Row]) -> list[tuple[str, bool | None]]:
                 f"{where}: executor overhead, batching off: {overhead:+.1%} against plain "
                 f"diffusers (target under {MAX_OVERHEAD:.0%}): {'PASS' if ok else 'FAIL'}",
                 ok,
+            ))  # fmt: skip
+            cpu = easel_off.result.cpu_s / plain_off.result.cpu_s - 1
+            out.append((
+                f"{where}: the same in CPU time (steadier where other jobs share the CPU): "
+                f"{cpu:+.1%}",
+                None,
             ))  # fmt: skip
         if _ran(easel_off) and _ran(easel_on):
             assert easel_off is not None and easel_on is not None
