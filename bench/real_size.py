@@ -50,8 +50,10 @@ NO_CUDA = "not run: no CUDA device"
 MAX_OVERHEAD = 0.03
 MIN_BATCH_SPEEDUP = 1.2
 MAX_MEMORY_RATIO = 1.10
-# What --quick measures instead of 4 images x 20 steps: a real-size run on a 2-core CPU then
-# takes minutes, not an hour. Sizes stay real: they are what decides the cost per step.
+IMAGES, STEPS = 4, 20
+# What --quick measures on the CPU instead of 4 images x 20 steps: a real-size run on a 2-core
+# CPU then takes minutes, not hours. Sizes stay real: they are what decides the cost per step.
+# CUDA rows keep 4 x 20 (seconds on a GPU).
 QUICK_IMAGES, QUICK_STEPS = 2, 2
 
 
@@ -254,6 +256,10 @@ class Config:
     images: int
     steps: int
     size: int
+
+    @property
+    def work(self) -> str:
+        return f"{self.images} x {self.steps}"
 
     @property
     def batching(self) -> str:
@@ -600,6 +606,7 @@ COLUMNS = (
     "setup",
     "path",
     "batching",
+    "images x steps",
     "s/image",
     "images/s",
     "CPU s/image",
@@ -618,7 +625,8 @@ def table(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         c, m = row.config, row.result
-        head = [MODELS[c.model].label + f" {c.size} px", c.setup.label, c.path, c.batching]
+        label = MODELS[c.model].label + f" {c.size} px"
+        head = [label, c.setup.label, c.path, c.batching, c.work]
         if m.skipped or (m.error and math.isnan(m.seconds)):
             why = m.skipped or "failed (see above)"
             cells = [*head, why, *[""] * (len(COLUMNS) - len(head) - 1)]
@@ -757,7 +765,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_IMAGES} images x {QUICK_STEPS} steps (real sizes): minutes on a small CPU",
+        help=f"CPU rows: {QUICK_IMAGES} images x {QUICK_STEPS} steps (real sizes), minutes on a "
+        "small CPU; CUDA rows keep the defaults",
     )
     parser.add_argument(
         "--same-process",
@@ -766,8 +775,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    args.images = args.images or (QUICK_IMAGES if args.quick else 4)
-    args.steps = args.steps or (QUICK_STEPS if args.quick else 20)
     if not 0 < args.width_scale <= 1:
         parser.error("--width-scale must be above 0 and at most 1")
     return args
@@ -784,8 +791,17 @@ def plan(args: argparse.Namespace) -> list[Config]:
             setups.append(Setup(device, dtype, compile=True))
     models = [args.only] if args.only else list(MODELS)
     sizes = {"sd": args.sd_size, "ldm": args.ldm_size}
+    quick = {"cpu": args.quick, "cuda": False}
     return [
-        Config(model, setup, path, batch, args.images, args.steps, sizes[model])
+        Config(
+            model,
+            setup,
+            path,
+            batch,
+            args.images or (QUICK_IMAGES if quick[setup.device] else IMAGES),
+            args.steps or (QUICK_STEPS if quick[setup.device] else STEPS),
+            sizes[model],
+        )
         for model in models
         for setup in setups
         for path in ("easel", "plain")
@@ -823,11 +839,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {_machine(info)}")
     reduced = "" if args.width_scale == 1 else f", networks narrowed to x{args.width_scale:g}"
     quick = (
-        f" (--quick: {QUICK_IMAGES} images x {QUICK_STEPS} steps instead of 4 x 20)"
+        f"; --quick: the CPU rows draw {QUICK_IMAGES} images x {QUICK_STEPS} steps instead of "
+        f"{IMAGES} x {STEPS}"
         if args.quick
         else ""
     )
-    print(f"{args.images} images, {args.steps} steps, random weights{reduced}{quick}", flush=True)
+    print(f"random weights{reduced}{quick}", flush=True)
     rows = [Row(c) for c in configs]
     scratch = tempfile.mkdtemp(prefix="easel-real-size-")
     try:

@@ -137,9 +137,10 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_column(
     assert len(rows) == 4  # easel and plain, batching on and off
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert float(cells[4]) > 0 and float(cells[5]) > 0  # s/image, images/s
-        assert float(cells[6]) > 0 and float(cells[7]) > 0  # CPU s/image, peak RSS
-        assert cells[8] == "-" and float(cells[9]) > 0  # no GPU here; load s
+        assert cells[4] == "2 x 1"  # images x steps
+        assert float(cells[5]) > 0 and float(cells[6]) > 0  # s/image, images/s
+        assert float(cells[7]) > 0 and float(cells[8]) > 0  # CPU s/image, peak RSS
+        assert cells[9] == "-" and float(cells[10]) > 0  # no GPU here; load s
     assert {line.split("|")[3].strip() for line in rows} == {"easel", "plain"}
     assert "executor overhead, batching off" in out and "the same in CPU time" in out
     assert "the target is for GPUs" in out
