@@ -370,7 +370,8 @@ async def _through_executor(engine: Any, config: Config) -> tuple[float, float]:
     from pipeline.executor import Executor
 
     outcomes: list[Any] = []
-    executor = Executor(engine, max_batch=config.max_batch)
+    # One job per member, each under the per-member cap; the queue holds them all.
+    executor = Executor(engine, max_batch=config.max_batch, max_queue=max(50, config.images))
     executor.start()
     try:
         for user, r in enumerate(_warm_up_jobs(config)):

@@ -19,6 +19,8 @@ from pipeline.request import DrawRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.125
+# The side each model was trained at: its UNet's sample size times the autoencoder's 8.
+MODEL_SIDES = {"sd": 512, "ldm": 256}
 
 
 def _load_bench() -> Any:
@@ -112,9 +114,6 @@ def test_the_reduced_build_has_the_published_structure(
     assert engine.capabilities.max_prompt_tokens == 77
     ids = pipe.tokenizer("a cat", padding="max_length", max_length=77).input_ids
     assert len(ids) == 77 and max(ids) < want_text["vocab_size"]
-
-
-MODEL_SIDES = {"sd": 512, "ldm": 256}
 
 
 @pytest.mark.parametrize("model", ["sd", "ldm"])
