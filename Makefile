@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) bench/cpu_threads.py
 	$(PY) bench/compare_fairness.py
 	$(PY) bench/ray_scaling.py
+	$(PY) bench/real_size.py --quick --compile cuda
 
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)
