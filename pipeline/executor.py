@@ -614,3 +614,12 @@ class LocalBackend:
                 ex._fail(batch[i], outcome)
             else:
                 ex._complete(batch[i], outcome)
+        # An engine that returned fewer results than requests must not leave a job running
+        # forever (holding a place under the caps, and wait_idle waiting on it).
+        for job in batch:
+            if job.ended:
+                continue
+            if job.cancelled or ex._closing:
+                ex._complete(job, None)
+            else:
+                ex._fail(job, RuntimeError("the engine finished without a result for this job"))

@@ -373,3 +373,37 @@ async def test_a_job_whose_worker_is_lost_runs_again_first_then_fails_after_max_
     assert "(worker 0 stopped)" in out[first].message
     assert ex.pending() == 0
     ex.close()
+
+
+class LosesOneResult:
+    """Stand-in for a buggy engine: draws the batch but returns one result fewer than asked."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def resolve(self, request):
+        return self.engine.resolve(request)
+
+    def run_batch(self, requests, on_step=None):
+        return self.engine.run_batch(requests, on_step)[:-1]
+
+
+async def test_a_job_the_engine_returned_no_result_for_fails_instead_of_running_forever(
+    sd_engine, caplog
+):
+    ex = Executor(LosesOneResult(sd_engine), max_batch=4, max_per_user=2)
+    rec = Recorder()
+    ex.pause()
+    first = rec.submit(ex, req(seed=1), user=1)
+    second = rec.submit(ex, req(seed=2), user=1)
+    ex.resume()
+    await asyncio.wait_for(ex.wait_idle(), 60)
+    out = rec.by_ticket()
+    assert out[first].status == "done"
+    assert out[second].status == "failed" and "logged" in out[second].message
+    assert "without a result" in caplog.text
+    assert ex.pending() == 0 and ex.position(second) is None
+    rec.submit(ex, req(seed=3), user=1)  # its place under the cap is free again
+    rec.submit(ex, req(seed=4), user=1)
+    await asyncio.wait_for(ex.wait_idle(), 60)
+    ex.close()
