@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -10,6 +11,9 @@ from typing import Any
 
 from pipeline.engine import DEFAULT_MODEL
 from pipeline.upscale import DEFAULT_UPSCALE_STEPS, DEFAULT_UPSCALER
+
+# The settings of EXECUTOR=ray only.
+_RAY_ONLY = ("ray_address", "workers", "gpus_per_worker", "worker_timeout_s")
 
 
 class SettingsError(ValueError):
@@ -52,11 +56,13 @@ class Settings:
     # Where drawing happens: "local" (a thread of this process) or "ray" (Ray workers, one per
     # GPU, on this machine or a cluster; README: Several GPUs or machines).
     executor: str = "local"
-    # With EXECUTOR=ray: "" starts Ray on this machine; "auto" or "host:6379" joins a cluster.
+    # The next four apply with EXECUTOR=ray only (refused with "local" unless left at their
+    # defaults). "" starts a private Ray on this machine (even if `ray start` runs one here);
+    # "auto" or "host:6379" joins a cluster.
     ray_address: str = ""
     workers: int = 1
-    # GPUs each Ray worker takes: 1 for a card of its own, 0.5 for two workers per card, 0 to
-    # draw on CPUs.
+    # GPUs each Ray worker takes: 1 for a card of its own, 0.5 for two workers per card (a share
+    # from 0.0001 to 1, or a whole number), 0 to draw on CPUs (the workers see no GPU).
     gpus_per_worker: float = 1.0
     # A Ray worker that reports no step for this long is restarted and its jobs run again.
     worker_timeout_s: float = 300.0
@@ -68,15 +74,34 @@ class Settings:
         object.__setattr__(self, "executor", executor)
         if self.workers < 1:
             raise SettingsError(f"WORKERS must be at least 1; got {self.workers}.")
-        if not self.gpus_per_worker >= 0:
+        gpus = self.gpus_per_worker
+        # What Ray can place: none, a share of one GPU (to 1/10000), or whole GPUs.
+        if not (
+            gpus == 0
+            or 0.0001 <= gpus <= 1
+            or (gpus > 1 and math.isfinite(gpus) and gpus == int(gpus))
+        ):
             raise SettingsError(
-                "GPUS_PER_WORKER must be 0 (draw on CPUs) or more, like 1 or 0.5; "
-                f"got {self.gpus_per_worker:g}."
+                "GPUS_PER_WORKER must be 0 (draw on CPUs), a share of one GPU from 0.0001 to 1 "
+                f"(like 0.5), or a whole number of GPUs; got {gpus:g}."
             )
-        if not self.worker_timeout_s > 0:
+        if not (self.worker_timeout_s > 0 and math.isfinite(self.worker_timeout_s)):
             raise SettingsError(
-                f"WORKER_TIMEOUT_S must be more than 0 seconds; got {self.worker_timeout_s:g}."
+                "WORKER_TIMEOUT_S must be a finite number of seconds, more than 0; "
+                f"got {self.worker_timeout_s:g}."
             )
+        if executor == "local":
+            # Settings only Ray reads would be ignored without a word: refuse them.
+            ignored = [
+                f.name.upper()
+                for f in fields(self)
+                if f.name in _RAY_ONLY and getattr(self, f.name) != f.default
+            ]
+            if ignored:
+                raise SettingsError(
+                    f"{', '.join(ignored)} only apply with EXECUTOR=ray; set EXECUTOR=ray, or "
+                    "remove them (EXECUTOR=local draws on one thread of this process)."
+                )
 
     @classmethod
     def from_env(

@@ -246,9 +246,12 @@ class _Worker:
 class RayBackend:
     """Draws on Ray worker actors, one per GPU (``gpus_per_worker`` may be a fraction; 0 on CPUs).
 
-    ``address``: "" starts a Ray instance on this machine (shut down again by ``close``),
-    "auto" or "host:6379" joins a running cluster. Call ``connect`` (blocking: off the event
-    loop) before handing the backend to an ``Executor``; it returns the ``RemoteEngine``.
+    ``address``: "" starts a private Ray instance on this machine (shut down again by
+    ``close``; a cluster that ``ray start`` runs here is not joined), "auto" or "host:6379"
+    joins a running cluster (left running by ``close``). With ``gpus_per_worker`` 0 the
+    workers see no GPU and a ``device`` of "auto" means the CPU. Call ``connect`` (blocking:
+    off the event loop) before handing the backend to an ``Executor``; it returns the
+    ``RemoteEngine``.
     """
 
     def __init__(
@@ -286,12 +289,12 @@ class RayBackend:
                 f"EXECUTOR=ray needs Ray, which is not installed: pip install '{RAY_PIN}' "
                 "(or pip install -e '.[ray]')."
             ) from None
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         if not ray.is_initialized():
             try:
                 ray.init(
-                    address=self.address or None,
+                    # "local": a private Ray of the bot's own, even when one started with
+                    # `ray start` runs on this machine (None would join that one).
+                    address=self.address or "local",
                     include_dashboard=False,
                     logging_level=logging.WARNING,
                 )
@@ -301,44 +304,62 @@ class RayBackend:
                     "with `ray start --head`, or leave RAY_ADDRESS empty to start Ray here."
                 ) from None
             self._owns_ray = True
+        try:
+            return self._start_workers(ray)
+        except BaseException:
+            # Whatever went wrong (even Ctrl-C): no worker and no Ray of ours is left behind.
+            self.close(None)
+            raise
+
+    def _worker_spec(self) -> WorkerSpec:
+        """What the workers load: on CPUs when they take no GPU, whatever CUDA they could see."""
+        if self.gpus_per_worker == 0 and self.spec.device.strip().lower() == "auto":
+            return dataclasses.replace(self.spec, device="cpu")
+        return self.spec
+
+    def _start_workers(self, ray: Any) -> RemoteEngine:
+        from ray.exceptions import GetTimeoutError, RayActorError
+
         gpus = ray.cluster_resources().get("GPU", 0.0)
         needed = self.workers_wanted * self.gpus_per_worker
         if needed > gpus + 1e-9:
-            self._shutdown_ray()
             raise WorkersUnavailable(
                 f"WORKERS={self.workers_wanted} x GPUS_PER_WORKER={self.gpus_per_worker:g} needs "
                 f"{needed:g} GPUs, but the Ray cluster has {gpus:g}. Start Ray on more GPU "
                 "machines, lower WORKERS, or set GPUS_PER_WORKER=0 to draw on CPUs."
             )
+        options: dict[str, Any] = {}
+        if self.gpus_per_worker == 0:
+            # Ray no longer hides the GPUs from an actor that asked for none: hide them here,
+            # or every worker would draw on (and fill) the machine's first GPU.
+            options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
         actor_class = ray.remote(DrawWorker).options(
             num_gpus=self.gpus_per_worker,
             num_cpus=0,
             max_restarts=-1,
             max_task_retries=0,
             scheduling_strategy="SPREAD",
+            **options,
         )
-        self._workers = [
-            _Worker(i, actor_class.remote(self.spec)) for i in range(self.workers_wanted)
-        ]
+        spec = self._worker_spec()
+        for i in range(self.workers_wanted):
+            self._workers.append(_Worker(i, actor_class.remote(spec)))
         try:
             infos = ray.get(
                 [w.actor.describe.remote() for w in self._workers], timeout=self.worker_timeout_s
             )
         except (RayActorError, GetTimeoutError) as exc:
-            self.close(None)
             raise WorkersUnavailable(
                 f"The Ray workers did not start within WORKER_TIMEOUT_S={self.worker_timeout_s:g} "
                 f"s: {_first_line(exc)}"
             ) from None
         for problem in infos:
             if isinstance(problem, EaselError):  # the model did not load: say why, as locally
-                self.close(None)
                 raise problem
         for worker, info in zip(self._workers, infos, strict=True):
             worker.info = info
         first = infos[0].capabilities
         if any(i.capabilities != first for i in infos[1:]):
-            self.close(None)
             raise WorkersUnavailable(
                 "The Ray workers loaded different models (their capabilities differ); install "
                 "the same Easel and model on every machine."
