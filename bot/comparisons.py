@@ -276,8 +276,10 @@ class CompareMixin:
         cells: list[tuple[Cell, DrawRequest]],
         *,
         enforce_caps: bool = True,
+        attempts: dict[int, int] | None = None,
     ) -> None:
-        """Queue cells under the comparison's id: it counts once against the caps."""
+        """Queue cells under the comparison's id: it counts once against the caps.
+        ``attempts``: how many times each cell (by index) was started already."""
         for cell, request in cells:
             job = Job(
                 run.cell_ids[cell.index], run.delivery, None, run.guild_id, run.user_id, request
@@ -289,6 +291,7 @@ class CompareMixin:
                 enforce_caps=enforce_caps,
                 group=run.guild_id,
                 unit=run.id,
+                attempts=(attempts or {}).get(cell.index, 0),
                 on_progress=functools.partial(self._on_cell_progress, run, cell, job),
                 on_done=functools.partial(self._on_cell_done, run, cell, job),
             )
@@ -704,6 +707,7 @@ class CompareMixin:
             parent_job_id=record.parent_job_id,
         )
         again: list[tuple[Cell, DrawRequest]] = []
+        started: dict[int, int] = {}
         for cell, row in zip(planned, cells, strict=True):
             if row.status == "done":
                 try:
@@ -722,8 +726,9 @@ class CompareMixin:
                 run.missing[cell.index] = "failed"
             else:
                 again.append((cell, replace(row.request, model=None)))
+                started[cell.index] = row.attempts
         if again:
-            self._submit_cells(run, again, enforce_caps=False)
+            self._submit_cells(run, again, enforce_caps=False, attempts=started)
         elif run.ended:
             run.finishing = True
             self._start_background(

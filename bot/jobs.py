@@ -251,12 +251,15 @@ class JobRunner(CompareMixin):
         except Exception:
             log.exception("could not record a refused prompt of user %s", interaction.user.id)
 
-    def _submit(self, job: Job, request: DrawRequest, *, enforce_caps: bool = True) -> None:
+    def _submit(
+        self, job: Job, request: DrawRequest, *, enforce_caps: bool = True, attempts: int = 0
+    ) -> None:
         self.executor.submit(
             request,
             user_id=job.user_id,
             ticket=job.id,
             enforce_caps=enforce_caps,
+            attempts=attempts,
             group=job.guild_id,
             on_progress=functools.partial(self._on_progress, job),
             on_done=functools.partial(self._on_done, job),
@@ -422,7 +425,8 @@ class JobRunner(CompareMixin):
                 self._start_background(self._give_up(job, record.attempts))
                 continue
             try:
-                self._submit(job, job.request, enforce_caps=False)
+                # Its earlier starts count: a lost worker may start it only what is left.
+                self._submit(job, job.request, enforce_caps=False, attempts=record.attempts)
                 requeued += 1
             except Exception as exc:
                 log.exception("could not re-queue job %s", record.id)

@@ -214,6 +214,7 @@ class Executor:
         enforce_caps: bool = True,
         group: int | None = None,
         unit: int | None = None,
+        attempts: int = 0,
     ) -> int:
         """Queue ``request`` for ``user_id``; returns its ticket. Call from the event loop.
 
@@ -222,7 +223,8 @@ class Executor:
         Raises ``QueueFull`` over the per-user or global cap, unless ``enforce_caps`` is off
         (jobs recovered after a restart were accepted once already). Jobs submitted with the
         same ``unit`` (the cells of one comparison) count once against the caps: only the first
-        of them can be refused.
+        of them can be refused. ``attempts``: how many times the job was started already (a job
+        recovered after a restart), counted towards ``max_attempts``.
         """
         idle = self._bind_loop(asyncio.get_running_loop())
         request = self.engine.resolve(request)
@@ -241,6 +243,7 @@ class Executor:
                 contextvars.copy_context(),
                 group=group,
                 unit=ticket if unit is None else unit,
+                attempts=max(0, attempts),
             )
             self.queue.add(job)
             self._outstanding += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+from pipeline.executor import Executor
 from tests.conftest import shut_down
 
 
@@ -19,7 +20,9 @@ def results_in(channel) -> list:
     return [m for m in channel.history() if m.embeds]
 
 
-async def test_attempts_are_recorded_before_drawing_and_a_crash_loop_stops(world, make_bot):
+async def test_attempts_are_recorded_before_drawing_and_a_crash_loop_stops(
+    world, make_bot, monkeypatch
+):
     env, bot = world.env, world.bot
     seen: list[int] = []
     real_run = bot.engine.run_batch
@@ -45,8 +48,19 @@ async def test_attempts_are_recorded_before_drawing_and_a_crash_loop_stops(world
         db.execute("UPDATE jobs SET status = 'running', attempts = 2 WHERE id = 2")
         db.execute("UPDATE jobs SET status = 'running', attempts = 1 WHERE id = 3")
     new = make_bot()
+    seeded: dict[int, int] = {}
+    submit = Executor.submit
+
+    def spy_submit(self, request, **kw):  # what the executor is told of the earlier starts
+        seeded[kw["ticket"]] = kw.get("attempts", 0)
+        return submit(self, request, **kw)
+
+    monkeypatch.setattr(Executor, "submit", spy_submit)
     await env.restart_bot(new)
     await world.idle()
+    # Job 3's first start counts towards MAX_ATTEMPTS in the executor too (a lost Ray worker
+    # may start it only once more), not from 0 again.
+    assert seeded == {3: 1}
 
     store = new.store
     two, three = await store.get_job(2), await store.get_job(3)

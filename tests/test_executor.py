@@ -407,3 +407,26 @@ async def test_a_job_the_engine_returned_no_result_for_fails_instead_of_running_
     rec.submit(ex, req(seed=4), user=1)
     await asyncio.wait_for(ex.wait_idle(), 60)
     ex.close()
+
+
+async def test_a_recovered_jobs_earlier_starts_count_towards_max_attempts(sd_engine):
+    """A job recovered after a restart that was started once already (the database says so) may
+    be started only once more when its worker is lost, not max_attempts times again."""
+    backend = LosesItsWorker()
+    ex = Executor(sd_engine, max_batch=1, max_attempts=2, backend=backend)
+    rec = Recorder()
+    ex.pause()
+    holder: dict[str, JobOutcome] = {}
+
+    async def on_done(outcome: JobOutcome) -> None:
+        holder["outcome"] = outcome
+
+    ticket = ex.submit(req(seed=1), user_id=1, on_done=on_done, attempts=1, enforce_caps=False)
+    fresh = rec.submit(ex, req(seed=2), user=2)
+    ex.resume()
+    await ex.wait_idle()
+    assert backend.batches == [[ticket], [fresh], [fresh]]
+    assert holder["outcome"].status == "failed" and holder["outcome"].attempts == 2
+    assert holder["outcome"].message.startswith("The drawing stopped 2 times")
+    assert rec.by_ticket()[fresh].attempts == 2
+    ex.close()
