@@ -21,7 +21,6 @@ import discord
 import pytest
 import simcord.interactions
 from babel.messages.extract import extract
-from babel.messages.pofile import read_po
 
 from bot import i18n
 from bot.__main__ import LOCALES, main
@@ -30,10 +29,6 @@ from bot.preview import PreviewPage, describe, serve_preview
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-ZH_DIR = i18n.LOCALES_DIR / "zh_CN" / "LC_MESSAGES"
-# The cogs' translations, kept apart until they are merged into messages.po (bot.i18n reads
-# both meanwhile).
-FRAGMENT = ZH_DIR / "cogs-fragment.po"
 # The files whose strings this test answers for.
 SOURCES = [
     *sorted((ROOT / "bot" / "cogs").glob("*.py")),
@@ -43,13 +38,18 @@ SOURCES = [
     ROOT / "bot" / "text.py",
 ]
 KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2), "locale_str": None}
-OWN_COMMANDS = {"draw", "reroll", "cancel", "queue", "compare", "history", "forget", "mod"}
+OWN_COMMANDS = {
+    "draw",
+    "reroll",
+    "cancel",
+    "queue",
+    "compare",
+    "history",
+    "forget",
+    "mod",
+    "settings",
+}
 ZH = discord.Locale.chinese.value  # "zh-CN"
-
-
-def _read(path: Path):
-    with path.open("rb") as po:
-        return read_po(po, locale="zh_CN")
 
 
 @pytest.fixture
@@ -97,21 +97,6 @@ def test_every_string_of_the_commands_and_cogs_is_translated_with_its_placeholde
         for text in translations:
             assert text, f"{msgid!r} ({path.name}) has an empty translation"
             assert placeholders(text) == placeholders(msgid), (msgid, text)
-
-
-def test_the_fragment_is_a_valid_catalogue_without_stale_entries():
-    if not FRAGMENT.exists():
-        pytest.skip("merged into messages.po")
-    fragment = _read(FRAGMENT)
-    assert fragment.num_plurals == 1 and fragment.locale_identifier == "zh_CN"
-    used = {m if isinstance(m, str) else m[0] for m, _path in extracted()}
-    stale = [
-        m.id for m in fragment if m.id and (m.id if isinstance(m.id, str) else m.id[0]) not in used
-    ]
-    assert stale == []
-    for message in fragment:
-        if isinstance(message.id, tuple):  # plurals: msgid_plural and one msgstr[0]
-            assert len(message.string) == 1 and message.string[0]
 
 
 # -- the synced commands ----------------------------------------------------------------------
