@@ -361,9 +361,11 @@ class Executor:
             if not self._closing:
                 self._finish(job, outcome)
 
-    def _lost(self, jobs: Sequence[Job], why: str) -> None:
+    def _lost(self, jobs: Sequence[Job], why: str, *, started: bool = True) -> None:
         """The worker drawing ``jobs`` went away: each that has no outcome yet goes back to the
-        front of its user's queue, or fails once it was started ``max_attempts`` times."""
+        front of its user's queue, or fails once it was started ``max_attempts`` times.
+        ``started`` False: the worker was gone before the batch reached it, so no attempt was
+        counted and the jobs simply go back."""
         again: list[Job] = []
         with self._lock:
             for job in jobs:
@@ -374,7 +376,7 @@ class Executor:
                 elif job.cancelled:
                     self.queue.finish(job)
                     self._finish(job, self._outcome(job, "cancelled"))
-                elif job.attempts >= self.max_attempts:
+                elif started and job.attempts >= self.max_attempts:
                     self.queue.finish(job)
                     error = WorkerLost(
                         messages.ngettext(

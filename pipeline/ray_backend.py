@@ -9,7 +9,11 @@ One dispatcher task per worker runs on the bot's event loop: it asks the queue f
 batch only when its worker is idle, so nothing is grabbed ahead, and reads the worker's stream
 of step events and results on the loop. A worker that dies (process killed, machine gone, no
 step for ``worker_timeout_s``) gives its unfinished jobs back to the front of their users' queues
-(``Executor._lost``); Ray restarts it and its dispatcher carries on.
+(``Executor._lost``); Ray restarts it and its dispatcher carries on. An attempt counts only once
+the worker has taken the batch (its stream's first event, "accepted"): a worker found dead
+before that, or still stuck in a cancelled call, hands the batch back uncharged. An idle worker
+is asked whether it is alive before it gets a batch; after a cancel the worker stays busy (and
+watched) until it answers again.
 
 Ray is an optional dependency (``pip install -e '.[ray]'``): this module imports it only when a
 ``RayBackend`` connects, and ``DrawWorker`` runs inside the worker processes.
@@ -114,7 +118,6 @@ class DrawWorker:
                 cache_dir=spec.cache_dir,
                 loader=load_pipeline,
             )
-        self._pictures = Path(tempfile.gettempdir()) / f"easel-ray-pictures-{os.getuid()}"
 
     def describe(self) -> WorkerInfo | EaselError:
         """What this worker can draw, or why it can't draw at all."""
@@ -135,13 +138,25 @@ class DrawWorker:
     def draw(
         self, requests: list[DrawRequest], pictures: dict[str, bytes]
     ) -> Iterator[tuple[Any, ...]]:
-        """Draw a batch, yielding ``("step", indices, step, total)`` as it goes, then
-        ``("end", index, result | exception | None)`` for each request (``("crash", exc)`` if
-        the drawing thread itself died). A cancelled call stops at the next step."""
+        """Draw a batch, yielding ``("accepted",)`` as soon as this worker runs the call (the
+        bot counts the jobs' attempt only then: a worker that died, or still runs an earlier
+        call, never charges a batch it did not take), ``("step", indices, step, total)`` as it
+        goes, then ``("end", index, result | exception | None)`` for each request
+        (``("crash", exc)`` if the drawing thread itself died). A cancelled call stops at the
+        next step."""
         import ray
 
+        yield ("accepted",)
         context = ray.get_runtime_context()
-        local = [self._localize(r, pictures) for r in requests]
+        # The starting pictures are written for this call only and deleted when it ends:
+        # nothing of a user's pictures stays on the worker's machine.
+        with tempfile.TemporaryDirectory(prefix="easel-ray-pictures-") as folder:
+            local = [self._localize(r, pictures, Path(folder)) for r in requests]
+            yield from self._draw_local(context, requests, local)
+
+    def _draw_local(
+        self, context: Any, requests: list[DrawRequest], local: list[DrawRequest]
+    ) -> Iterator[tuple[Any, ...]]:
         events: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         stop = threading.Event()
 
@@ -185,19 +200,17 @@ class DrawWorker:
             stop.set()
             thread.join()
 
-    def _localize(self, request: DrawRequest, pictures: dict[str, bytes]) -> DrawRequest:
-        """The request with its starting picture written here (the bot's path may not exist on
-        this machine)."""
+    @staticmethod
+    def _localize(request: DrawRequest, pictures: dict[str, bytes], folder: Path) -> DrawRequest:
+        """The request with its starting picture written in ``folder`` (the bot's path may not
+        exist on this machine)."""
         data = pictures.get(request.init_image or "")
         if data is None:
             return request
-        self._pictures.mkdir(parents=True, exist_ok=True)
         suffix = Path(request.init_image or "").suffix or ".png"
-        path = self._pictures / (hashlib.sha256(data).hexdigest()[:32] + suffix)
+        path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
         if not path.is_file():
-            partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-            partial.write_bytes(data)
-            partial.replace(path)
+            path.write_bytes(data)
         return dataclasses.replace(request, init_image=str(path))
 
 
@@ -240,7 +253,8 @@ class _Worker:
     last_event: float = 0.0  # perf_counter of the stream's last event
     hung: bool = False
     lost: bool = False
-    warned: bool = False  # that it can't load the model since it was lost
+    # What the log was told since it was lost (that it can't load the model, that it is down).
+    warned: set[str] = field(default_factory=set)
 
 
 class RayBackend:
@@ -472,12 +486,12 @@ class RayBackend:
             if w.lost:
                 await self._revive(w)
                 continue
-            batch = await self._next_batch(ex)
+            batch = await self._next_batch(ex, w)
             if not batch:
                 continue
             w.batch = batch
             try:
-                pictures = await asyncio.to_thread(self._begin, ex, batch)
+                pictures = await asyncio.to_thread(self._pictures_of, batch)
                 await self._draw(ex, w, batch, pictures)
             except Exception as exc:  # a fault here must not strand the batch's jobs
                 log.exception("dispatching to Ray worker %d failed", w.index)
@@ -487,23 +501,50 @@ class RayBackend:
             finally:
                 w.batch, w.stream = [], None
 
-    async def _next_batch(self, ex: Executor) -> list[Job]:
+    async def _next_batch(self, ex: Executor, w: _Worker) -> list[Job]:
+        """The next fair batch for ``w``; empty when closing, or when ``w`` was found lost."""
         work = self._work
         assert work is not None
+        idled = False
         while not ex.closing:
+            with ex._lock:
+                ready = ex.queue.ready()
+            if idled and ready:
+                # It sat idle: it may have died meanwhile, and nobody noticed. Ask before
+                # handing it a batch.
+                idled = False
+                if not await self._answers(w):
+                    return []
             with ex._lock:
                 batch = ex._take_batch()
             if batch:
                 return batch
             work.clear()
             await work.wait()
+            idled = True
         return []
 
+    async def _answers(self, w: _Worker) -> bool:
+        """Whether ``w`` answers a cheap call (within ``worker_timeout_s``); marks it lost, and
+        restarts a silent one, if not."""
+        from ray.exceptions import RayError
+
+        try:
+            info = await asyncio.wait_for(w.actor.describe.remote(), self.worker_timeout_s)
+        except (RayError, OSError, TimeoutError) as exc:
+            info = exc
+        if isinstance(info, WorkerInfo):
+            w.info = info
+            return True
+        log.warning("Ray worker %d does not answer: %s", w.index, _first_line(info))
+        if isinstance(info, TimeoutError):
+            self._restart(w)
+        w.lost = True
+        return False
+
     @staticmethod
-    def _begin(ex: Executor, batch: list[Job]) -> dict[str, bytes]:
-        """Off the loop: record the start (the bot's hook waits for the database), and read
-        the starting pictures the workers may not have."""
-        ex._begin(batch)
+    def _pictures_of(batch: list[Job]) -> dict[str, bytes]:
+        """Off the loop: the starting pictures, which the workers may not have."""
         pictures: dict[str, bytes] = {}
         for job in batch:
             path = job.request.init_image
@@ -518,17 +559,30 @@ class RayBackend:
         from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
         stream = w.actor.draw.remote([j.request for j in batch], pictures)
-        w.stream, w.last_event, w.hung = stream, time.perf_counter(), False
+        # The clock before the stream: the watchdog must never see a new stream with the last
+        # batch's time.
+        w.last_event, w.hung = time.perf_counter(), False
+        w.stream = stream
         if all(j.cancelled for j in batch):
             _cancel(stream)
+        accepted = cancelled = False
         try:
             async for ref in stream:
                 event = await ref
                 w.last_event = time.perf_counter()
-                self._handle(ex, batch, event)
+                if event[0] == "accepted":
+                    # The worker runs it: the attempt counts from here (the bot's hook records
+                    # it, off the loop, as the database may take a moment).
+                    accepted = True
+                    await asyncio.to_thread(ex._begin, batch)
+                    w.last_event = time.perf_counter()
+                else:
+                    self._handle(ex, batch, event)
         except TaskCancelledError:
-            pass  # every job of it was cancelled; they end below
+            cancelled = True  # every job of it was cancelled; they end below
         except RayTaskError as exc:  # a fault in the worker's own code, not a lost worker
+            if not accepted:
+                await asyncio.to_thread(ex._begin, batch)
             for job in batch:
                 if not job.ended:
                     ex._fail(job, exc)
@@ -541,7 +595,9 @@ class RayBackend:
                 else f"worker {w.index} stopped: {type(exc).__name__}"
             )
             log.warning("Ray worker %d was lost (%s): %s", w.index, why, _first_line(exc))
-            ex._lost(batch, why)
+            # Not accepted: it was gone (or stuck in an earlier call) before the batch
+            # reached it, and the batch goes back without costing an attempt.
+            ex._lost(batch, why, started=accepted)
             return
         for job in batch:
             if job.ended:
@@ -550,6 +606,27 @@ class RayBackend:
                 ex._complete(job, None)
             else:
                 ex._fail(job, RuntimeError("the worker finished without a result for this job"))
+        if cancelled:
+            await self._settle(w)
+
+    async def _settle(self, w: _Worker) -> None:
+        """After a cancel: Ray says the call ended at once, but the worker may still be inside
+        it (stuck in a step, say). Keep it busy, watched by the watchdog, until it answers a
+        cheap call (it runs one call at a time, so this one waits for the old to end); a
+        worker that never does is restarted by the watchdog and marked lost here."""
+        from ray.exceptions import RayError
+
+        try:
+            info = await w.actor.describe.remote()
+        except (RayError, OSError) as exc:
+            info = exc
+        if isinstance(info, WorkerInfo):
+            w.info = info
+            return
+        w.lost = True
+        log.warning(
+            "Ray worker %d did not come back from a cancelled call: %s", w.index, _first_line(info)
+        )
 
     @staticmethod
     def _handle(ex: Executor, batch: list[Job], event: tuple[Any, ...]) -> None:
@@ -579,21 +656,33 @@ class RayBackend:
         except (RayActorError, OSError) as exc:
             info = exc
         if not isinstance(info, WorkerInfo):
+            # Once per loss at WARNING for each kind of trouble (its machine lacks the model?
+            # Ray can't restart it?); the retries after that at DEBUG.
+            kind = "model" if isinstance(info, EaselError) else type(info).__name__
             level = logging.DEBUG
-            if isinstance(info, EaselError) and not w.warned:  # its machine lacks the model?
-                level, w.warned = logging.WARNING, True
+            if kind not in w.warned:
+                level = logging.WARNING
+                w.warned.add(kind)
             log.log(level, "Ray worker %d is not back yet: %s", w.index, _first_line(info))
             await asyncio.to_thread(time.sleep, REVIVE_DELAY_S)  # real time, whatever the loop's
             return
-        w.info, w.lost, w.warned = info, False, False
+        w.info, w.lost = info, False
+        w.warned.clear()
         log.info("Ray worker %d is back: %s pid %d", w.index, w.info.host, w.info.pid)
+
+    def _restart(self, w: _Worker) -> None:
+        """Kill a stuck worker; Ray starts it again."""
+        import ray
+
+        try:
+            ray.kill(w.actor, no_restart=False)
+        except Exception:
+            log.exception("could not restart Ray worker %d", w.index)
 
     def _watch(self) -> None:
         """Kill a worker that sent nothing for ``worker_timeout_s`` while drawing; Ray restarts
         it and its dispatcher gives the jobs back. A thread with a real clock: the loop's clock
         may be a test's virtual one."""
-        import ray
-
         while not self._closed.wait(min(0.5, self.worker_timeout_s / 4)):
             now = time.perf_counter()
             for w in self._workers:
@@ -605,10 +694,7 @@ class RayBackend:
                     w.index,
                     self.worker_timeout_s,
                 )
-                try:
-                    ray.kill(w.actor, no_restart=False)
-                except Exception:
-                    log.exception("could not restart Ray worker %d", w.index)
+                self._restart(w)
 
 
 def _cancel(stream: Any) -> None:

@@ -207,18 +207,117 @@ async def test_a_picture_to_start_from_is_sent_with_the_job(fresh, sd_engine, tm
 
     source = tmp_path / "bot-only" / "start.png"  # where the bot keeps it; no worker reads it
     source.parent.mkdir()
-    Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
-    request = req(5, steps=4, task="img2img", init_image=str(source), strength=0.6)
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(source)  # this run's own
+    data = source.read_bytes()
+    copies_during: list[Path] = []
+
+    def copies() -> list[Path]:  # the workers run on this machine: their copies are visible
+        found = Path(tempfile.gettempdir()).glob("easel-ray-pictures*/*")
+        return [p for p in found if p.is_file() and p.read_bytes() == data]
+
+    def on_progress(step: int, total: int) -> None:
+        if step == 1:
+            copies_during.extend(copies())
+
+    request = req(5, steps=20, task="img2img", init_image=str(source), strength=0.6)
     outcomes = Outcomes()
-    ticket = fresh.submit(request, user_id=1, on_done=outcomes)
+    ticket = fresh.submit(request, user_id=1, on_done=outcomes, on_progress=on_progress)
     await fresh.wait_idle()
     outcome = outcomes.by_ticket()[ticket]
     assert outcome.status == "done" and outcome.result is not None, outcome.message
     assert outcome.result.request.init_image == str(source)  # stored as the bot's own path
     alone = sd_engine.run(fresh.engine.resolve(request))
     assert_close_images(outcome.result.images[0], alone.images[0])
-    copies = Path(tempfile.gettempdir()) / f"easel-ray-pictures-{os.getuid()}"
-    assert source.read_bytes() in [p.read_bytes() for p in copies.iterdir()]
+    # The worker's copy was there while it drew, and is gone with the call: nothing of a
+    # user's pictures stays on a worker's machine (nor survives /forget there).
+    assert len(copies_during) == 1 and copies_during[0] != source
+    assert not copies() and not copies_during[0].parent.exists()
+
+
+# -- one worker of its own, on CPUs: lost before a batch reaches it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def solo(cluster, model_cache: Path, sd_engine):
+    spec = WorkerSpec("tiny:sd", device="auto", cache_dir=model_cache, torch_threads=1)
+    b = RayBackend(spec, workers=1, gpus_per_worker=0, worker_timeout_s=60)
+    b.connect()
+    yield b
+    b.close(30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def solo_executor(solo):
+    # One start per job: a job charged for a worker that never drew it fails at once.
+    ex = Executor(solo.engine, backend=solo, max_attempts=1, progress_interval=0)
+    ex.start()
+    yield ex
+    ex.close()
+
+
+async def pid_of_the_only_worker(backend: RayBackend, other_than: int = 0) -> int:
+    for _ in range(900):
+        (info,) = backend.workers
+        if info is not None and info.pid != other_than:
+            return info.pid
+        await asyncio.sleep(0.1)
+    raise AssertionError("the worker did not come back")
+
+
+@shared_loop
+async def test_a_worker_that_takes_no_gpu_sees_none_and_draws_on_the_cpu(solo):
+    (worker,) = solo._workers
+    seen = await worker.actor.__ray_call__.remote(
+        lambda self: os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
+    assert seen == ""  # Ray 2.60 leaves it unset for num_gpus=0: DEVICE=auto would pick CUDA
+    assert solo.workers[0].device == "cpu"  # DEVICE=auto, on a worker without a GPU
+
+
+@shared_loop
+async def test_a_job_is_not_charged_for_a_worker_that_died_while_idle(solo, solo_executor):
+    ex = solo_executor
+    pid = await pid_of_the_only_worker(solo)
+    os.kill(pid, signal.SIGKILL)  # idle: no call of ours is running there
+    outcomes = Outcomes()
+    ticket = ex.submit(req(31), user_id=1, on_done=outcomes)
+    await asyncio.wait_for(ex.wait_idle(), 90)
+    outcome = outcomes.by_ticket()[ticket]
+    assert outcome.status == "done", outcome.message
+    assert outcome.attempts == 1  # MAX_ATTEMPTS=1: it would have failed if charged
+    assert await pid_of_the_only_worker(solo) != pid  # Ray restarted it
+
+
+@shared_loop
+async def test_the_job_after_one_cancelled_on_a_hung_worker_is_not_charged_for_the_hang(
+    solo, solo_executor
+):
+    ex = solo_executor
+    outcomes = Outcomes()
+    drawing = asyncio.Event()
+    stopped: list[int] = []
+
+    def on_progress(step: int, total: int) -> None:
+        if step >= 1 and not stopped:
+            solo.worker_timeout_s = 2
+            stopped.append(solo.workers[0].pid)
+            os.kill(stopped[0], signal.SIGSTOP)  # stuck in a step: alive, silent
+            drawing.set()
+
+    try:
+        stuck = ex.submit(req(32, steps=150), user_id=1, on_done=outcomes, on_progress=on_progress)
+        await asyncio.wait_for(drawing.wait(), 60)
+        assert ex.cancel(stuck)
+        await asyncio.sleep(0.3)  # Ray reports the call cancelled at once; the worker is stuck
+        after = ex.submit(req(33), user_id=2, on_done=outcomes)
+        await asyncio.wait_for(ex.wait_idle(), 90)
+    finally:
+        solo.worker_timeout_s = 60
+    out = outcomes.by_ticket()
+    assert out[stuck].status == "cancelled"
+    assert out[after].status == "done", out[after].message
+    assert out[after].attempts == 1
+    assert solo.workers[0] is not None and solo.workers[0].pid != stopped[0]  # restarted
 
 
 # -- 2. exactly once when a worker is lost ---------------------------------------------------
@@ -342,7 +441,7 @@ async def test_a_running_remote_job_is_cancelled_and_close_leaves_no_worker(fres
             break
         await asyncio.sleep(0.05)
     assert not alive, f"Ray workers still running after close(): {alive}"
-    assert not [t for t in threading.enumerate() if t.name == "easel-ray-watchdog"]
+    assert backend._watchdog is not None and not backend._watchdog.is_alive()
 
 
 def _zombie(pid: int) -> bool:
