@@ -148,6 +148,9 @@ class DrawWorker:
 
         yield ("accepted",)
         context = ray.get_runtime_context()
+        if not any(r.init_image in pictures for r in requests):
+            yield from self._draw_local(context, requests, requests)
+            return
         # The starting pictures are written for this call only and deleted when it ends:
         # nothing of a user's pictures stays on the worker's machine.
         with tempfile.TemporaryDirectory(prefix="easel-ray-pictures-") as folder:
