@@ -99,9 +99,8 @@ class EaselBot(commands.Bot):
     # -- start and stop ------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        from pipeline.engine import Engine, load_pipeline
+        from pipeline.engine import Engine
         from pipeline.executor import Executor
-        from pipeline.upscale import Upscaler
 
         s = self.settings
         await self.store.open()
@@ -122,14 +121,7 @@ class EaselBot(commands.Bot):
             self.engine = await asyncio.to_thread(
                 Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
             )
-        if s.upscaler.strip().lower() != "none":
-            self.engine.upscaler = Upscaler(
-                s.upscaler,
-                device=self.engine.device,
-                steps=s.upscale_steps,
-                cache_dir=s.model_cache_dir,
-                loader=load_pipeline,
-            )
+        self.engine.attach_upscaler(s.upscaler, steps=s.upscale_steps, cache_dir=s.model_cache_dir)
         self.executor = Executor(
             self.engine,
             max_per_user=s.max_queued_per_user,

@@ -201,6 +201,14 @@ class Engine:
             model=self.model,
         )
 
+    def attach_upscaler(self, name: str, *, steps: int, cache_dir: Path | None = None) -> None:
+        """Give this engine the 4x upscaler ``name`` (loaded on its first job); "none": none."""
+        if name.strip().lower() == "none":
+            return
+        self.upscaler = Upscaler(
+            name, device=self.device, steps=steps, cache_dir=cache_dir, loader=load_pipeline
+        )
+
     def validate(self, request: DrawRequest) -> list[str]:
         """Raise ``UnsupportedOption`` for anything the model can't honour; return notes.
 

@@ -96,8 +96,7 @@ class DrawWorker:
         from pipeline.cpu import configure_cpu_threads
 
         configure_cpu_threads(spec.torch_threads, model=spec.model)
-        from pipeline.engine import load_pipeline, quiet_library_logs
-        from pipeline.upscale import Upscaler
+        from pipeline.engine import quiet_library_logs
 
         quiet_library_logs(download_progress=False)  # the bot's log gets the workers' lines
 
@@ -110,14 +109,9 @@ class DrawWorker:
         except EaselError as exc:
             self.problem = exc
             return
-        if spec.upscaler.strip().lower() != "none":
-            self.engine.upscaler = Upscaler(
-                spec.upscaler,
-                device=self.engine.device,
-                steps=spec.upscale_steps,
-                cache_dir=spec.cache_dir,
-                loader=load_pipeline,
-            )
+        self.engine.attach_upscaler(
+            spec.upscaler, steps=spec.upscale_steps, cache_dir=spec.cache_dir
+        )
 
     def describe(self) -> WorkerInfo | EaselError:
         """What this worker can draw, or why it can't draw at all."""
