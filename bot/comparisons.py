@@ -22,7 +22,7 @@ import discord
 from PIL import Image
 
 from bot.delivery import Delivery, Job, outcome_message
-from bot.i18n import N_, Message, _, in_locale, localize, ngettext
+from bot.i18n import N_, Message, _, in_locale, localize, ngettext, public_locale
 from bot.render import EMBED_COLOUR, fit_upload, result_embed, shorten
 from bot.replies import answer_privately
 from bot.store import InvalidTransition, JobNotFound, JobRecord
@@ -185,6 +185,7 @@ class CompareMixin:
             user_id=user.id,
             user_name=user.display_name,
             parent_job_id=parent_job_id,
+            locale=public_locale(interaction),
         )
         interaction.extras["job_id"] = compare_id
         delivery = Delivery(
@@ -680,7 +681,9 @@ class CompareMixin:
                     await self.store.mark_failed(cell.id, "its comparison could not be resumed")
         with contextlib.suppress(Exception):
             await self.store.mark_failed(record.id, "could not resume after a restart")
-            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+            delivery = Delivery(
+                self.bot, channel_id=record.channel_id, user_id=record.user_id, locale=record.locale
+            )
             await delivery.final(
                 content=Message(
                     N_(
@@ -696,7 +699,9 @@ class CompareMixin:
         planned = comparison.cells()
         if len(cells) != len(planned):
             raise ValueError(f"comparison {record.id} has {len(cells)} cells, not {len(planned)}")
-        delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+        delivery = Delivery(
+            self.bot, channel_id=record.channel_id, user_id=record.user_id, locale=record.locale
+        )
         run = ComparisonRun(
             record.id,
             comparison,
@@ -742,7 +747,9 @@ class CompareMixin:
         """A grid stored but never posted (the process died in between): post it from disk."""
         try:
             cells = await self.store.comparison_cells(record.id)
-            delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+            delivery = Delivery(
+                self.bot, channel_id=record.channel_id, user_id=record.user_id, locale=record.locale
+            )
             run = ComparisonRun(
                 record.id,
                 comparison_of(record),

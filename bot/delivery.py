@@ -44,7 +44,9 @@ class Delivery:
         channel_id: int | None,
         user_id: int,
         interaction: discord.Interaction | None = None,
+        locale: str | None = None,
     ) -> None:
+        """``locale``: the language chosen when the job was queued (it outlives a restart)."""
         self.bot = bot
         self.channel_id = channel_id
         self.user_id = user_id
@@ -52,7 +54,7 @@ class Delivery:
         self.lock = asyncio.Lock()
         self.finished = False
         self.failure: str | None = None
-        self._locale: str | None = None
+        self._locale: str | None = locale
 
     async def locale(self) -> str:
         """The language of this job's posts: the server's (from the interaction, or after a

@@ -22,7 +22,7 @@ import discord
 from bot.comparisons import CompareMixin
 from bot.delivery import Delivery, Job, outcome_message
 from bot.errors import CoolingDown
-from bot.i18n import N_, Message, _, in_locale
+from bot.i18n import N_, Message, _, in_locale, public_locale
 from bot.policy import Policy
 from bot.render import fit_upload, result_embed
 from bot.replies import answer_privately
@@ -134,6 +134,7 @@ class JobRunner(CompareMixin):
             user_name=user.display_name,
             parent_job_id=parent_job_id,
             kind=kind,
+            locale=public_locale(interaction),
         )
         interaction.extras["job_id"] = job_id
         delivery = Delivery(
@@ -445,7 +446,9 @@ class JobRunner(CompareMixin):
 
     def _restored(self, record: JobRecord, request: DrawRequest) -> Job:
         """A job from the database, delivered to its channel (its interaction is long gone)."""
-        delivery = Delivery(self.bot, channel_id=record.channel_id, user_id=record.user_id)
+        delivery = Delivery(
+            self.bot, channel_id=record.channel_id, user_id=record.user_id, locale=record.locale
+        )
         return Job(
             record.id,
             delivery,

@@ -171,3 +171,20 @@ async def test_a_comparison_in_a_zh_cn_server_is_captioned_and_labelled_in_chine
     assert [o["label"] for o in menu["options"]] == ["步数：2", "步数：3"]
     assert [o["description"] for o in menu["options"]] == ["任务 #2", "任务 #3"]
     assert labels(grid)[-2:] == ["重新生成", "删除"]
+
+
+async def test_a_dm_job_redelivered_after_a_restart_keeps_the_members_language(
+    world, locales, make_bot
+):
+    from tests.conftest import shut_down
+
+    env, old = world.env, world.bot
+    hermit = env.create_user("hermit")
+    locales.members[hermit.id] = "zh-CN"  # their client's language; no /settings choice
+    old.executor.pause()
+    await hermit.slash("draw", prompt="a lamp", seed=1)
+    await shut_down(old)  # the process dies with the job queued: its interaction is gone
+    await env.restart_bot(make_bot())
+    await world.idle()
+    (posted,) = [m for m in hermit.dm_channel.history() if m.embeds]
+    assert "种子" in fields(posted)  # the language it was asked in, kept with the job

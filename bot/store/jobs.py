@@ -33,10 +33,12 @@ class JobsMixin(FilesMixin):
         parent_job_id: int | None = None,
         status: str = "queued",
         kind: str = "draw",
+        locale: str | None = None,
     ) -> int:
         """Record a new job (``queued``, or ``refused`` by moderation) and return its id.
 
-        ``kind`` says what it is for people: a drawing, a variation or an upscale of its parent.
+        ``kind`` says what it is for people: a drawing, a variation or an upscale of its parent;
+        ``locale`` the language its posts are written in.
         """
         if status not in ("queued", "refused"):
             raise ValueError(f"a new job is 'queued' or 'refused', not {status!r}")
@@ -53,6 +55,7 @@ class JobsMixin(FilesMixin):
             "kind": kind,
             "created_at": now,
             "finished_at": None if status == "queued" else now,
+            "locale": locale,
         }
         async with self._transaction(write=True) as db:
             await self._check_parent(db, parent_job_id)
@@ -75,6 +78,7 @@ class JobsMixin(FilesMixin):
         user_id: int,
         user_name: str,
         parent_job_id: int | None = None,
+        locale: str | None = None,
     ) -> tuple[int, list[int]]:
         """Record a comparison (its shared settings and ``spec``) and one queued job per cell,
         in one transaction; returns the comparison's number and the cells' numbers in order."""
@@ -88,6 +92,7 @@ class JobsMixin(FilesMixin):
             "user_name": user_name,
             "status": "queued",
             "created_at": now,
+            "locale": locale,
         }
         async with self._transaction(write=True) as db:
             await self._check_parent(db, parent_job_id)

@@ -76,6 +76,7 @@ class JobRecord:
     task: str = "draw"
     init_image: str | None = None  # absolute, as read back by the store
     strength: float | None = None  # img2img: A1111's denoising strength
+    locale: str | None = None  # the language of its posts, chosen when it was queued
     images: list[tuple[Path, int]] = field(default_factory=list, hash=False)
 
     @property
