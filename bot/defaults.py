@@ -9,6 +9,7 @@ from typing import Any, Literal
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.store import UserSettings
+from bot.wordfilter import find_banned
 from pipeline.engine import Capabilities
 from pipeline.messages import N_, Message
 from pipeline.samplers import sampler_label
@@ -38,11 +39,6 @@ class Defaults:
     def value(self, name: str) -> Any:
         return self.chosen[name].value
 
-    def without_negative_prompt(self, note: str) -> Defaults:
-        """These defaults with the member's negative prompt left out, saying why."""
-        chosen = {**self.chosen, "negative_prompt": Chosen("", "bot")}
-        return Defaults(chosen, (*self.notes, note))
-
 
 def server_default(name: str, policy: Policy, settings: Settings) -> Chosen:
     """What a drawing uses for ``name`` when neither the option nor the member says."""
@@ -70,6 +66,7 @@ def resolve(
     policy: Policy,
     settings: Settings,
     caps: Capabilities,
+    banned: list[str] | None = None,
 ) -> Defaults:
     """Each defaultable /draw setting: typed > the member's > the server's > the bot's.
 
@@ -102,7 +99,18 @@ def resolve(
         chosen["guidance"] = server_default("guidance", policy, settings)
         say(Message(N_("This model takes no guidance; your default guidance was not used.")))
     if chosen["negative_prompt"].source == "you":
-        if not caps.negative_prompt:
+        if banned and find_banned(chosen["negative_prompt"].value, banned) is not None:
+            # Set elsewhere, before or without this server's ban: drawn without it.
+            say(
+                Message(
+                    N_(
+                        "Your default negative prompt has a word this server doesn't "
+                        "allow; drew without it."
+                    )
+                )
+            )
+            chosen["negative_prompt"] = server_default("negative_prompt", policy, settings)
+        elif not caps.negative_prompt:
             say(Message(N_("This model can't use a negative prompt; drew without your default.")))
             chosen["negative_prompt"] = server_default("negative_prompt", policy, settings)
         elif chosen["guidance"].value <= 1:

@@ -31,12 +31,11 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.defaults import resolve
-from bot.i18n import N_, Message, _, ngettext, number
+from bot.i18n import N_, _, ngettext, number
 from bot.replies import answer_privately
 from bot.text import listing
 from bot.uploads import BadUpload, read_upload
 from bot.views import DEFAULT_REMIX_STRENGTH, VARY_STRONG
-from bot.wordfilter import find_banned
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
 from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
@@ -162,19 +161,10 @@ class Draw(commands.Cog):
             "count": count,
             "negative_prompt": negative_prompt,
         }
-        used = resolve(typed, mine, policy, self.bot.settings, self.bot.engine.capabilities)
-        if used.chosen["negative_prompt"].source == "you" and interaction.guild_id is not None:
-            # Set elsewhere, with a word banned here: drawn without it rather than refused.
-            banned = await self.bot.store.banned_words(interaction.guild_id)
-            if banned and find_banned(used.value("negative_prompt"), banned) is not None:
-                used = used.without_negative_prompt(
-                    Message(
-                        N_(
-                            "Your default negative prompt has a word this server doesn't "
-                            "allow; drew without it."
-                        )
-                    )
-                )
+        # A default negative prompt with a word banned here gives way rather than refusing.
+        here = interaction.guild_id
+        banned = await self.bot.store.banned_words(here) if here is not None else []
+        used = resolve(typed, mine, policy, self.bot.settings, self.bot.engine.capabilities, banned)
         request = DrawRequest(
             prompt=prompt,
             negative_prompt=used.value("negative_prompt"),

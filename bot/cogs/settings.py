@@ -195,7 +195,9 @@ class Preferences(commands.Cog):
         mine = bot.store.user_settings(interaction.user.id)
         policy = await bot.jobs.policy(interaction.guild_id)
         caps = bot.engine.capabilities
-        used = resolve({}, mine, policy, bot.settings, caps)
+        here = interaction.guild_id
+        banned = await bot.store.banned_words(here) if here is not None else []
+        used = resolve({}, mine, policy, bot.settings, caps, banned)
         lines = [
             _("**Your settings** (a /draw option you type always wins over these):"),
         ]
