@@ -137,10 +137,10 @@ def test_too_few_gpus_is_said_before_any_worker_starts(cluster):
 def test_a_model_that_fails_to_load_in_the_workers_stops_the_start_with_its_message(cluster):
     spec = WorkerSpec("models/dreamy.safetensors", device="cpu")
     broken = RayBackend(spec, workers=1, gpus_per_worker=0, worker_timeout_s=60)
-    began = time.perf_counter()
+    # The model's own error, not "did not start within WORKER_TIMEOUT_S": the start gave up at
+    # the failed load instead of restarting the worker until the timeout.
     with pytest.raises(ModelLoadError, match=r"The checkpoint file models/dreamy\.safetensors"):
         broken.connect()
-    assert time.perf_counter() - began < 30  # not restarted until the timeout
 
 
 # -- 3. fairness across workers -------------------------------------------------------------
