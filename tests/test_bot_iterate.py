@@ -88,6 +88,16 @@ async def test_strength_zero_is_the_original_picture(world):
     assert "Variation" not in fields(same.response)  # nothing was varied
 
 
+async def alices_post_with_bobs_queue_full(world):
+    """Alice's finished drawing, and Bob at the queue cap (3) with drawing paused."""
+    r = await world.alice.slash(world.channel, "draw", prompt="a cow", seed=1)
+    await world.idle()
+    world.bot.executor.pause()
+    for prompt in ("a hen", "a pig", "a cat"):
+        await world.bob.slash(world.channel, "draw", prompt=prompt)
+    return r.response
+
+
 async def test_a_variation_seed_alone_means_a_strong_variation(world):
     r = await world.alice.slash(world.channel, "draw", prompt="a hen", seed=9, variation_seed=5)
     await world.idle()
@@ -95,12 +105,7 @@ async def test_a_variation_seed_alone_means_a_strong_variation(world):
 
 
 async def test_vary_obeys_the_caps_and_is_refused_privately_for_strangers(world):
-    r = await world.alice.slash(world.channel, "draw", prompt="a cow", seed=1)
-    await world.idle()
-    post = r.response
-    world.bot.executor.pause()
-    for prompt in ("a hen", "a pig", "a cat"):
-        await world.bob.slash(world.channel, "draw", prompt=prompt)
+    post = await alices_post_with_bobs_queue_full(world)
     picker = await world.bob.click(post, label="V1")
     full = await world.bob.click(picker.response, label="Vary (Strong)")
     assert full.ephemeral and "limit is 3" in full.response.content
@@ -206,12 +211,7 @@ async def test_an_upscale_queued_at_a_restart_is_drawn_after_it(world, make_bot)
 
 
 async def test_upscale_obeys_the_queue_cap_and_a_deleted_source_is_refused(world):
-    r = await world.alice.slash(world.channel, "draw", prompt="a cow", seed=1)
-    await world.idle()
-    post = r.response
-    world.bot.executor.pause()
-    for prompt in ("a hen", "a pig", "a cat"):
-        await world.bob.slash(world.channel, "draw", prompt=prompt)
+    post = await alices_post_with_bobs_queue_full(world)
     full = await world.bob.click(post, label="U1")
     assert full.ephemeral and "limit is 3" in full.response.content
     world.bot.executor.resume()
