@@ -361,6 +361,18 @@ class Executor:
             if not self._closing:
                 self._finish(job, outcome)
 
+    def _end_unfinished(self, batch: Sequence[Job], source: str) -> None:
+        """End each job of ``batch`` that got no outcome: a ``source`` (engine, worker) that
+        returned fewer results than requests must not leave a job running forever, holding a
+        place under the caps while wait_idle waits on it."""
+        for job in batch:
+            if job.ended:
+                continue
+            if job.cancelled or self._closing:
+                self._complete(job, None)
+            else:
+                self._fail(job, RuntimeError(f"the {source} finished without a result for it"))
+
     def _lost(self, jobs: Sequence[Job], why: str, *, started: bool = True) -> None:
         """The worker drawing ``jobs`` went away: each that has no outcome yet goes back to the
         front of its user's queue, or fails once it was started ``max_attempts`` times.
@@ -619,12 +631,4 @@ class LocalBackend:
                 ex._fail(batch[i], outcome)
             else:
                 ex._complete(batch[i], outcome)
-        # An engine that returned fewer results than requests must not leave a job running
-        # forever (holding a place under the caps, and wait_idle waiting on it).
-        for job in batch:
-            if job.ended:
-                continue
-            if job.cancelled or ex._closing:
-                ex._complete(job, None)
-            else:
-                ex._fail(job, RuntimeError("the engine finished without a result for this job"))
+        ex._end_unfinished(batch, "engine")

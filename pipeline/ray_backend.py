@@ -596,13 +596,7 @@ class RayBackend:
             # reached it, and the batch goes back without costing an attempt.
             ex._lost(batch, why, started=accepted)
             return
-        for job in batch:
-            if job.ended:
-                continue
-            if job.cancelled or ex.closing:
-                ex._complete(job, None)
-            else:
-                ex._fail(job, RuntimeError("the worker finished without a result for this job"))
+        ex._end_unfinished(batch, "worker")
         if cancelled:
             await self._settle(w)
 
