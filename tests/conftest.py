@@ -146,6 +146,19 @@ def world(simcord_env) -> World:
     return World(simcord_env)
 
 
+@pytest.fixture
+def preview_settings(bot_settings, tmp_path: Path):
+    """The bot's test settings as the offline preview runs them: no token, its own files."""
+    from dataclasses import replace
+
+    return replace(
+        bot_settings,
+        discord_token=None,
+        db_path=tmp_path / "preview.sqlite3",
+        data_dir=tmp_path / "preview",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_gpu_worker():
     """Fail a test that leaves a GPU worker thread running: later tests share its engine."""

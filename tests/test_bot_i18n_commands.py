@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +25,6 @@ from bot import i18n
 from bot.__main__ import LOCALES, main
 from bot.cogs.draw import PROMPT_HINT, prompt_description
 from bot.preview import PreviewPage, describe, serve_preview
-from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # The files whose strings this test answers for.
@@ -380,16 +378,6 @@ def test_main_passes_locale_to_the_preview(monkeypatch, tmp_path):
     assert i18n.current() == "en-US"  # only the preview's task spoke Chinese
     with pytest.raises(SystemExit):
         main(["preview", "--locale", "fr"])
-
-
-@pytest.fixture
-def preview_settings(bot_settings: Settings, tmp_path: Path) -> Settings:
-    return replace(
-        bot_settings,
-        discord_token=None,
-        db_path=tmp_path / "preview.sqlite3",
-        data_dir=tmp_path / "preview",
-    )
 
 
 async def test_the_preview_in_chinese(preview_settings):

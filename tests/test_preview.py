@@ -150,16 +150,6 @@ def test_a_taken_port_is_refused_before_the_model_loads_unless_it_was_the_defaul
 # -- the page, served ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def preview_settings(bot_settings: Settings, tmp_path: Path) -> Settings:
-    return replace(
-        bot_settings,
-        discord_token=None,
-        db_path=tmp_path / "preview.sqlite3",
-        data_dir=tmp_path / "preview",
-    )
-
-
 @asynccontextmanager
 async def served(settings: Settings) -> AsyncIterator[PreviewSession]:
     """Run serve_preview as a background task of this test, as `python -m bot` would.
