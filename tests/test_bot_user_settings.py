@@ -6,25 +6,13 @@ from __future__ import annotations
 
 import sqlite3
 
-import discord
-
 from bot.store import UserSettings
 from tests.conftest import shut_down
-
-
-def fields(message) -> dict[str, str]:
-    return {f.name: f.value for f in message.embeds[0].fields}
+from tests.test_bot_settings import admin, fields
 
 
 def notes(message) -> list[str]:
     return [f.value for f in message.embeds[0].fields if f.name == "Note"]
-
-
-def admin(world):
-    role = world.guild.create_role(
-        "Admins", permissions=discord.Permissions(manage_guild=True, manage_messages=True)
-    )
-    return world.guild.add_member(world.env.create_user("boss"), roles=[role])
 
 
 def rows(world) -> int:
