@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime as dt
 import functools
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import discord
 from babel import Locale
-from babel.dates import format_datetime
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -48,7 +46,6 @@ __all__ = [
     "number",
     "private_locale",
     "public_locale",
-    "when",
 ]
 
 LOCALES_DIR = Path(__file__).with_name("locales")
@@ -132,11 +129,6 @@ def in_locale(locale: str | discord.Locale | None) -> Iterator[str]:
         _current.reset(token)
 
 
-class HasUserLocale(Protocol):
-    def user_locale(self, user_id: int) -> str | None:
-        """The member's chosen reply language, if they chose one."""
-
-
 def private_locale(interaction: discord.Interaction) -> str:
     """The language of private answers to ``interaction``'s member."""
     client: Any = interaction.client
@@ -211,12 +203,6 @@ def localize(value: Any) -> str:
     return localized(value)
 
 
-def translate(message: str, locale: str, /, **params: Any) -> str:
-    """``message`` in ``locale`` whatever the current locale is."""
-    with in_locale(locale):
-        return _(message, **params)
-
-
 def _babel_locale() -> Locale:
     return Locale.parse(_current.get(), sep="-")
 
@@ -225,11 +211,6 @@ def number(value: float, *, digits: int | None = None) -> str:
     """``value`` written the way the current locale writes numbers."""
     pattern = None if digits is None else "#,##0." + "0" * digits if digits else "#,##0"
     return format_decimal(value, format=pattern, locale=_babel_locale())
-
-
-def when(moment: dt.datetime) -> str:
-    """A date and time the way the current locale writes them (UTC)."""
-    return format_datetime(moment, format="medium", tzinfo=dt.UTC, locale=_babel_locale())
 
 
 class Translator(app_commands.Translator):
