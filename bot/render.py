@@ -18,13 +18,6 @@ EMBED_COLOUR = discord.Colour(0x5B8DEF)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit
 
 
-def plural(n: int, word: str) -> str:
-    """``n`` and ``word``, with an "s" unless ``n`` is 1: "1 picture", "2 pictures".
-
-    English only (the operator's logs); text for members uses ``bot.i18n.ngettext``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def shorten(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis; whole text stays in the database."""
     text = " ".join(text.split()) if "\n" in text else text
