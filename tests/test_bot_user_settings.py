@@ -87,6 +87,8 @@ async def test_a_default_over_this_servers_limit_is_refused_when_set(world):
     assert rows(world) == 0  # nothing stored
     r = await world.alice.slash(ch, "settings set")
     assert "pick at least one option" in r.response.content
+    r = await world.alice.slash(ch, "settings set", negative_prompt="   ")
+    assert "pick at least one option" in r.response.content  # blank sets nothing
 
 
 async def test_a_limit_lowered_later_clamps_the_default_with_a_note(world):

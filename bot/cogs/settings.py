@@ -112,7 +112,8 @@ class Preferences(commands.Cog):
             "width": width,
             "height": height,
             "count": count,
-            "negative_prompt": negative_prompt,
+            # Blank is no negative prompt at all, as /draw treats it.
+            "negative_prompt": (negative_prompt or "").strip() or None,
             "spoiler": spoiler,
         }
         changes = {name: value for name, value in changes.items() if value is not None}
