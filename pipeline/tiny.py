@@ -10,6 +10,7 @@ shape trained on shapes pictures (see ``pipeline.shapes_x4``), shipped like ``ti
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -29,28 +30,27 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "easel"
 
 
+# Built-ins trained and committed with the code: their package, and what to call them.
+_TRAINED = {
+    "shapes": ("pipeline.shapes", "the shapes model"),
+    "shapes-x4": ("pipeline.shapes_x4", "the shapes upscaler"),
+}
+
+
 def tiny_model_path(name: str, cache_dir: Path | None = None) -> Path:
     """The folder of tiny model ``name``, building a random-weight one on first use."""
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
-    if name == "shapes":
-        from pipeline.shapes.model import WEIGHTS_DIR
-
-        if not (WEIGHTS_DIR / "model_index.json").is_file():
+    if name in _TRAINED:
+        # The trained built-ins ship their weights in the package; the others are built here.
+        package, what = _TRAINED[name]
+        weights: Path = importlib.import_module(f"{package}.model").WEIGHTS_DIR
+        if not (weights / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"the shapes model's weights are missing from {WEIGHTS_DIR}; "
-                "run `python -m pipeline.shapes.train` to make them"
+                f"{what}'s weights are missing from {weights}; "
+                f"run `python -m {package}.train` to make them"
             )
-        return WEIGHTS_DIR
-    if name == "shapes-x4":
-        from pipeline.shapes_x4.model import WEIGHTS_DIR as X4_WEIGHTS
-
-        if not (X4_WEIGHTS / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"the shapes upscaler's weights are missing from {X4_WEIGHTS}; "
-                "run `python -m pipeline.shapes_x4.train` to make them"
-            )
-        return X4_WEIGHTS
+        return weights
     root = (cache_dir or default_cache_dir()) / "tiny"
     target = root / f"{name}-v{_RECIPE_VERSION}"
     if (target / "model_index.json").is_file():
