@@ -11,8 +11,6 @@ that never stopped.
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import sys
 import time
@@ -32,7 +30,7 @@ from pipeline.shapes.model import (
     build_unet,
     build_vae,
 )
-from pipeline.shapes.training import Bar, Budget, lr_at, run_cli, save_atomic, save_pipeline
+from pipeline.shapes.training import Budget, Ema, Phase, run_cli, save_pipeline, training_run
 
 
 @dataclass(frozen=True)
@@ -71,107 +69,71 @@ def train(
     """
     import torch
 
-    # Training wants every core it is given; the caller's setting comes back afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        return _train(config, out, work, progress, log, stop_after)
-    finally:
-        torch.set_num_threads(threads)
+    with training_run(config, work, stop_after, log) as budget:
+        started = time.perf_counter()
 
+        # 1. Pictures, drawn the same on every machine.
+        log(f"drawing {config.images} pictures")
+        picked = list(data.samples(config.seed, config.images))
+        # Kept as bytes (300 MB for 24,000 pictures, not 1.2 GB of floats), scaled per batch. A
+        # view of the HWC stack, as data.to_array gives: the strides pick the conv kernels, so the
+        # bits of the trained weights depend on them.
+        hwc = torch.from_numpy(np.stack([np.asarray(s.image) for s in picked]))
+        pixels = hwc.permute(0, 3, 1, 2)
+        attributes = [s.attributes for s in picked]
 
-def _train(
-    config: TrainConfig,
-    out: Path,
-    work: Path,
-    progress: bool,
-    log: Callable[[str], None],
-    stop_after: int | None,
-) -> dict[str, Any] | None:
-    import torch
+        # 2. Autoencoder.
+        # Initial weights come from the global generator: seed it, or no two runs would agree.
+        torch.manual_seed(config.seed)
+        vae = build_vae()
+        vae_loss = _train_vae(vae, pixels, config, work / "vae.pt", progress, budget)
 
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    config_file = work / "config.json"
-    if config_file.exists() and json.loads(config_file.read_text()) != asdict(config):
-        raise ValueError(
-            f"{work} holds a run with other settings; delete it or pass another --work folder."
-        )
-    config_file.write_text(json.dumps(asdict(config), indent=1))
+        # 3. Latents, scaled to unit variance as SD's scaling_factor does.
+        latents = _encode(vae, pixels)
+        scaling = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+        latents = latents * scaling
 
-    # 1. Pictures, drawn the same on every machine.
-    log(f"drawing {config.images} pictures")
-    picked = list(data.samples(config.seed, config.images))
-    # Kept as bytes (300 MB for 24,000 pictures, not 1.2 GB of floats), scaled per batch. A view
-    # of the HWC stack, as data.to_array gives: the strides pick the conv kernels, so the bits of
-    # the trained weights depend on them.
-    hwc = torch.from_numpy(np.stack([np.asarray(s.image) for s in picked]))
-    pixels = hwc.permute(0, 3, 1, 2)
-    attributes = [s.attributes for s in picked]
+        # 4. UNet and text encoder.
+        tokenizer = build_tokenizer(data.vocabulary())
+        torch.manual_seed(config.seed + 1)
+        text_encoder = build_text_encoder(len(tokenizer))
+        unet = build_unet()
+        unet_loss = _train_unet(
+            unet, text_encoder, tokenizer, latents, attributes, config, work / "unet.pt", progress,
+            budget,
+        )  # fmt: skip
 
-    # 2. Autoencoder.
-    budget = Budget(stop_after)
-    # Initial weights come from the global generator: seed it, or no two runs would agree.
-    torch.manual_seed(config.seed)
-    vae = build_vae()
-    vae_loss, finished = _train_vae(vae, pixels, config, work / "vae.pt", progress, budget)
-    if not finished:
-        log(f"stopped after {stop_after} steps; run again to resume")
-        return None
+        # 5. Export.
+        summary = {
+            "config": asdict(config),
+            "vae_loss": vae_loss,
+            "unet_loss": unet_loss,
+            "scaling_factor": scaling,
+            "seconds_this_run": round(time.perf_counter() - started, 1),
+        }
+        _export(vae, text_encoder, tokenizer, unet, out, summary)
+        log(f"saved to {out} ({summary['seconds_this_run']} s)")
+        return summary
 
-    # 3. Latents, scaled to unit variance as SD's scaling_factor does.
-    latents = _encode(vae, pixels)
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
-    latents = latents * scaling
-
-    # 4. UNet and text encoder.
-    tokenizer = build_tokenizer(data.vocabulary())
-    torch.manual_seed(config.seed + 1)
-    text_encoder = build_text_encoder(len(tokenizer))
-    unet = build_unet()
-    unet_loss, finished = _train_unet(
-        unet, text_encoder, tokenizer, latents, attributes, config, work / "unet.pt", progress,
-        budget,
-    )  # fmt: skip
-    if not finished:
-        log(f"stopped after {stop_after} steps; run again to resume")
-        return None
-
-    # 5. Export.
-    summary = {
-        "config": asdict(config),
-        "vae_loss": vae_loss,
-        "unet_loss": unet_loss,
-        "scaling_factor": scaling,
-        "seconds_this_run": round(time.perf_counter() - started, 1),
-    }
-    _export(vae, text_encoder, tokenizer, unet, out, summary)
-    log(f"saved to {out} ({summary['seconds_this_run']} s)")
-    return summary
+    return None  # the budget stopped it: checkpointed, not exported
 
 
 def _train_vae(
     vae: Any, pixels: Any, config: TrainConfig, ckpt: Path, progress: bool, budget: Budget
-) -> tuple[float, bool]:
-    """Train (or resume) the autoencoder; returns the running loss and whether it is done."""
+) -> float:
+    """Train (or resume) the autoencoder; returns the running loss."""
     import torch
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    step, loss_avg = 0, float("nan")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, loss_avg = state["step"], state["loss"]
+    phase = Phase(ckpt, {"model": vae}, optimizer, steps=config.vae_steps, lr=config.vae_lr,
+                  warmup=config.warmup, checkpoint_every=config.checkpoint_every,
+                  desc="autoencoder", progress=progress, budget=budget)  # fmt: skip
     vae.train()
-    bar = Bar(config.vae_steps, step, "autoencoder", progress)
-    while step < config.vae_steps and not budget.spent:
+    for step in phase:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         index = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
         x = _scaled(pixels[index])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.vae_steps, config.vae_lr, config.warmup)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=gen, dtype=posterior.mean.dtype
@@ -182,17 +144,9 @@ def _train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        step += 1
-        value = loss.item()
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        bar.update(loss_avg)
-        budget.take()
-        if step % config.checkpoint_every == 0 or step == config.vae_steps or budget.spent:
-            state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict()}
-            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
-    bar.close()
+        phase.done(loss.item())
     vae.eval()
-    return loss_avg, step >= config.vae_steps
+    return phase.loss
 
 
 def _encode(vae: Any, pixels: Any) -> Any:
@@ -218,10 +172,8 @@ def _train_unet(
     ckpt: Path,
     progress: bool,
     budget: Budget,
-) -> tuple[float, bool]:
-    """Train (or resume) the UNet and text encoder; returns the running loss and whether done."""
-    import copy
-
+) -> float:
+    """Train (or resume) the UNet and text encoder; returns the running loss."""
     import torch
 
     scheduler = build_scheduler()
@@ -231,21 +183,15 @@ def _train_unet(
     weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    step, loss_avg = 0, float("nan")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_text.load_state_dict(state["ema_text"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, loss_avg = state["step"], state["loss"]
+    ema = Ema([unet, text_encoder], config.ema)
+    ema_unet, ema_text = ema.averages
+    models = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    phase = Phase(ckpt, models, optimizer, steps=config.unet_steps, lr=config.lr,
+                  warmup=config.warmup, checkpoint_every=config.checkpoint_every, desc="unet",
+                  progress=progress, budget=budget)  # fmt: skip
     unet.train()
     text_encoder.train()
-    pairs = list(zip([*ema_unet.parameters(), *ema_text.parameters()], params, strict=True))
-    bar = Bar(config.unet_steps, step, "unet", progress)
-    while step < config.unet_steps and not budget.spent:
+    for step in phase:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 500_000 + step)
         rng = random.Random(config.seed * 1_000_003 + 500_000 + step)
         index = torch.randint(0, len(latents), (config.batch,), generator=gen)
@@ -266,8 +212,6 @@ def _train_unet(
         t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v, the velocity
         loss = ((pred - target).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
@@ -275,31 +219,13 @@ def _train_unet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        decay = min(config.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_p, p in pairs:
-                ema_p.lerp_(p, 1 - decay)
-        step += 1
-        value = loss.item()
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        bar.update(loss_avg)
-        budget.take()
-        if step % config.checkpoint_every == 0 or step == config.unet_steps or budget.spent:
-            state = {
-                "unet": unet.state_dict(),
-                "text": text_encoder.state_dict(),
-                "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(),
-                "optimizer": optimizer.state_dict(),
-            }
-            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
-    bar.close()
-    # The exported model is the moving average: smoother and better than the last step's weights.
-    unet.load_state_dict(ema_unet.state_dict())
-    text_encoder.load_state_dict(ema_text.state_dict())
+        ema.update(step)
+        phase.done(loss.item())
+    # The exported model is the moving average.
+    ema.load_into_models()
     unet.eval()
     text_encoder.eval()
-    return loss_avg, step >= config.unet_steps
+    return phase.loss
 
 
 def _export(

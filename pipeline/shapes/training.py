@@ -1,6 +1,8 @@
 """What the trainers of the built-in models (``pipeline.shapes.train``,
-``pipeline.shapes_x4.train``) share: the learning-rate schedule, atomic checkpoints, progress,
-the step budget of a run, saving the pipeline, and the command line."""
+``pipeline.shapes_x4.train``) share: a run (its threads, work folder and step budget), the loop
+of a phase (resuming, learning rate, progress, running loss, checkpoints), the moving average
+of weights, saving the pipeline, and the command line. Each trainer keeps its data, models,
+losses and export."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,140 @@ class Budget:
     def take(self) -> None:
         if self.left is not None:
             self.left -= 1
+
+
+class Stopped(Exception):
+    """The step budget ran out before a phase's last step: checkpointed, nothing exported."""
+
+
+@contextmanager
+def training_run(
+    config: Any, work: Path, stop_after: int | None, log: Callable[[str], None]
+) -> Iterator[Budget]:
+    """A trainer's run, around its phases and export: ``config.threads`` torch threads, ``work``
+    for checkpoints (it must hold no run with other settings; a dataclass ``config``), and the
+    budget of ``stop_after`` steps. ``Stopped`` ends the block, quietly::
+
+        with training_run(config, work, stop_after, log) as budget:
+            ...  # the phases (``Phase(..., budget=budget)``) and the export
+            return summary
+        return None  # stopped early
+    """
+    import torch
+
+    # Training wants every core it is given; the caller's setting comes back afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        config_file = work / "config.json"
+        if config_file.exists() and json.loads(config_file.read_text()) != asdict(config):
+            raise ValueError(
+                f"{work} holds a run with other settings; delete it or pass another --work folder."
+            )
+        config_file.write_text(json.dumps(asdict(config), indent=1))
+        yield Budget(stop_after)
+    except Stopped:
+        log(f"stopped after {stop_after} steps; run again to resume")
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Phase:
+    """The loop of one training phase, all but its batches and loss::
+
+        phase = Phase(ckpt, {"model": vae}, optimizer, ...)
+        for step in phase:  # resumed from ckpt; the learning rate is set for this step
+            ...  # the batch, the loss, backward, optimizer.step()
+            phase.done(loss.item())  # running loss, progress, budget, checkpoint
+
+    ``models`` are what the checkpoint holds besides the optimizer, by their names in it. The
+    loop ends when the phase has had its ``steps``, or raises ``Stopped`` when the budget is
+    spent first. ``loss`` is the running loss.
+    """
+
+    def __init__(
+        self,
+        ckpt: Path,
+        models: Mapping[str, Any],
+        optimizer: Any,
+        *,
+        steps: int,
+        lr: float,
+        warmup: int,
+        checkpoint_every: int,
+        desc: str,
+        progress: bool,
+        budget: Budget,
+        checkpoint_at: Sequence[int] = (),
+    ) -> None:
+        import torch
+
+        self.ckpt, self.models, self.optimizer = ckpt, models, optimizer
+        self.steps, self.lr, self.warmup = steps, lr, warmup
+        self.checkpoint_every, self.checkpoint_at = checkpoint_every, checkpoint_at
+        self.budget = budget
+        self.step, self.loss = 0, float("nan")
+        if ckpt.exists():
+            state = torch.load(ckpt, weights_only=False)
+            for name, model in models.items():
+                model.load_state_dict(state[name])
+            optimizer.load_state_dict(state["optimizer"])
+            self.step, self.loss = state["step"], state["loss"]
+        self.bar = Bar(steps, self.step, desc, progress)
+
+    def __iter__(self) -> Iterator[int]:
+        while self.step < self.steps and not self.budget.spent:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, self.steps, self.lr, self.warmup)
+            yield self.step
+        self.bar.close()
+        if self.step < self.steps:
+            raise Stopped
+
+    def done(self, loss: float) -> None:
+        """Count the step just taken, whose loss was ``loss``, and checkpoint when it is time."""
+        self.step += 1
+        self.loss = loss if math.isnan(self.loss) else 0.98 * self.loss + 0.02 * loss
+        self.bar.update(self.loss)
+        self.budget.take()
+        step = self.step
+        if (
+            step % self.checkpoint_every == 0
+            or step == self.steps
+            or step in self.checkpoint_at
+            or self.budget.spent
+        ):
+            state = {name: model.state_dict() for name, model in self.models.items()}
+            state |= {"optimizer": self.optimizer.state_dict(), "step": step, "loss": self.loss}
+            save_atomic(state, self.ckpt)
+
+
+class Ema:
+    """Moving averages of ``models``' weights (``averages``, in the same order), which the
+    trainers export: smoother and better than the last step's weights."""
+
+    def __init__(self, models: Sequence[Any], rate: float) -> None:
+        import copy
+
+        self.models = list(models)
+        self.averages = [copy.deepcopy(model) for model in self.models]
+        self.rate = rate
+
+    def update(self, step: int) -> None:
+        """Move the averages towards the weights after ``step`` (warming up over early steps)."""
+        import torch
+
+        decay = min(self.rate, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for average, model in zip(self.averages, self.models, strict=True):
+                for a, p in zip(average.parameters(), model.parameters(), strict=True):
+                    a.lerp_(p, 1 - decay)
+
+    def load_into_models(self) -> None:
+        """Give the models their averaged weights."""
+        for model, average in zip(self.models, self.averages, strict=True):
+            model.load_state_dict(average.state_dict())
 
 
 def save_pipeline(pipe: Any, out: Path, summary: dict[str, Any]) -> None:

@@ -13,8 +13,6 @@ limit is 15), 20 minutes of CPU time on 2 threads; the run is the same bits each
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import sys
 import time
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shapes.training import Bar, Budget, lr_at, run_cli, save_atomic, save_pipeline
+from pipeline.shapes.training import Budget, Ema, Phase, run_cli, save_pipeline, training_run
 from pipeline.shapes_x4 import data
 from pipeline.shapes_x4.model import (
     CODEBOOK_SIZE,
@@ -154,82 +152,52 @@ def train(
     """
     import torch
 
-    # Training wants every core it is given; the caller's setting comes back afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        return _train(config, out, work, progress, log, stop_after)
-    finally:
-        torch.set_num_threads(threads)
+    with training_run(config, work, stop_after, log) as budget:
+        started, cpu_started = time.perf_counter(), time.process_time()
 
+        # 1. Pictures, drawn the same on every machine.
+        log(f"drawing {config.images} pictures at {data.HIGH} px")
+        pictures = _Pictures(config)
 
-def _train(
-    config: TrainConfig,
-    out: Path,
-    work: Path,
-    progress: bool,
-    log: Callable[[str], None],
-    stop_after: int | None,
-) -> dict[str, Any] | None:
-    import torch
+        # Initial weights come from the global generator: seed it, or no two runs would agree.
+        torch.manual_seed(config.seed)
+        vqvae, unet = build_vqvae(config.codebook), build_unet()
+        pins = init_copy_paths(vqvae, unet)
 
-    work.mkdir(parents=True, exist_ok=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    config_file = work / "config.json"
-    if config_file.exists() and json.loads(config_file.read_text()) != asdict(config):
-        raise ValueError(
-            f"{work} holds a run with other settings; delete it or pass another --work folder."
+        # 2. Autoencoder.
+        ae_loss = _train_autoencoder(vqvae, pins, pictures, config, work / "vqvae.pt", progress,
+                                     budget)  # fmt: skip
+
+        # 3. Latents of the UNet's pictures, before quantization (the pipeline quantizes them).
+        with torch.no_grad():
+            chunks = _scaled(pictures.high[: config.unet_images]).split(16)
+            latents = torch.cat([vqvae.encode(chunk).latents for chunk in chunks])
+
+        # 4. UNet.
+        unet_loss = _train_unet(unet, pins, latents, pictures, config, work / "unet.pt", progress,
+                                budget)  # fmt: skip
+
+        # 5. Export.
+        seconds = round(time.perf_counter() - started, 1)
+        # On a shared machine the wall time counts other processes' work too; CPU time spread over
+        # the threads is what the run would take with the cores to itself.
+        cpu = round(time.process_time() - cpu_started, 1)
+        summary = {
+            "config": asdict(config),
+            "autoencoder_loss": ae_loss,
+            "unet_loss": unet_loss,
+            "seconds_this_run": seconds,
+            "cpu_seconds_this_run": cpu,
+            "torch_threads": config.threads,
+        }
+        _export(vqvae, unet, out, summary)
+        log(
+            f"saved to {out}; this run took {seconds:.0f} s wall, {cpu:.0f} s CPU on "
+            f"{config.threads} threads (a full run must stay under {TIME_LIMIT_S} s on 2 cores)"
         )
-    config_file.write_text(json.dumps(asdict(config), indent=1))
+        return summary
 
-    # 1. Pictures, drawn the same on every machine.
-    log(f"drawing {config.images} pictures at {data.HIGH} px")
-    pictures = _Pictures(config)
-
-    # Initial weights come from the global generator: seed it, or no two runs would agree.
-    torch.manual_seed(config.seed)
-    vqvae, unet = build_vqvae(config.codebook), build_unet()
-    pins = init_copy_paths(vqvae, unet)
-    budget = Budget(stop_after)
-
-    # 2. Autoencoder.
-    ae_loss, finished = _train_autoencoder(vqvae, pins, pictures, config, work / "vqvae.pt",
-                                           progress, budget)  # fmt: skip
-    if not finished:
-        log(f"stopped after {stop_after} steps; run again to resume")
-        return None
-
-    # 3. Latents of the UNet's pictures, before quantization (the pipeline quantizes them).
-    with torch.no_grad():
-        chunks = _scaled(pictures.high[: config.unet_images]).split(16)
-        latents = torch.cat([vqvae.encode(chunk).latents for chunk in chunks])
-
-    # 4. UNet.
-    unet_loss, finished = _train_unet(unet, pins, latents, pictures, config, work / "unet.pt",
-                                      progress, budget)  # fmt: skip
-    if not finished:
-        log(f"stopped after {stop_after} steps; run again to resume")
-        return None
-
-    # 5. Export.
-    seconds = round(time.perf_counter() - started, 1)
-    # On a shared machine the wall time counts other processes' work too; CPU time spread over
-    # the threads is what the run would take with the cores to itself.
-    cpu = round(time.process_time() - cpu_started, 1)
-    summary = {
-        "config": asdict(config),
-        "autoencoder_loss": ae_loss,
-        "unet_loss": unet_loss,
-        "seconds_this_run": seconds,
-        "cpu_seconds_this_run": cpu,
-        "torch_threads": config.threads,
-    }
-    _export(vqvae, unet, out, summary)
-    log(
-        f"saved to {out}; this run took {seconds:.0f} s wall, {cpu:.0f} s CPU on "
-        f"{config.threads} threads (a full run must stay under {TIME_LIMIT_S} s on 2 cores)"
-    )
-    return summary
+    return None  # the budget stopped it: checkpointed, not exported
 
 
 def _codebook(vqvae: Any, pictures: _Pictures, config: TrainConfig) -> Any:
@@ -281,25 +249,22 @@ def _train_autoencoder(
     ckpt: Path,
     progress: bool,
     budget: Budget,
-) -> tuple[float, bool]:
-    """Train (or resume) the VQ autoencoder; returns the running loss and whether it is done."""
+) -> float:
+    """Train (or resume) the VQ autoencoder; returns the running loss."""
     import torch
 
     # The codebook is set by k-means, never by gradients.
     params = [p for name, p in vqvae.named_parameters() if not name.startswith("quantize.")]
     # No weight decay: it would pull the pinned copy paths away from their values.
     optimizer = torch.optim.AdamW(params, lr=config.ae_lr, weight_decay=0.0)
-    step, loss_avg = 0, float("nan")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vqvae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, loss_avg = state["step"], state["loss"]
     switch = config.ae_steps - config.ae_quantized_steps
+    phase = Phase(ckpt, {"model": vqvae}, optimizer, steps=config.ae_steps, lr=config.ae_lr,
+                  warmup=config.warmup, checkpoint_every=config.checkpoint_every,
+                  checkpoint_at=(switch,), desc="autoencoder", progress=progress,
+                  budget=budget)  # fmt: skip
     vqvae.train()
-    bar = Bar(config.ae_steps, step, "autoencoder", progress)
     crop = config.ae_crop // SCALE
-    while step < config.ae_steps and not budget.spent:
+    for step in phase:
         if step == switch:
             vqvae.quantize.embedding.weight.data.copy_(_codebook(vqvae, pictures, config))
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -308,8 +273,6 @@ def _train_autoencoder(
         corners = pictures.corners(index, crop, config.edge_share, rng)
         high = _scaled(pictures.crop_high(index, corners, crop))
         low = _scaled(pictures.crop_low(index, corners, crop))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.ae_steps, config.ae_lr, config.warmup)
         z = vqvae.encode(high).latents
         if step >= switch:
             decoded = vqvae.decode(z).sample  # quantized, gradients straight through
@@ -325,19 +288,11 @@ def _train_autoencoder(
         pins.zero_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        step += 1
-        value = loss.item()
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        bar.update(loss_avg)
-        budget.take()
-        if step % config.checkpoint_every == 0 or step in (switch, config.ae_steps) or budget.spent:
-            state = {"model": vqvae.state_dict(), "optimizer": optimizer.state_dict()}
-            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
-    bar.close()
-    if step == switch == config.ae_steps:  # no quantized steps asked for: codes still needed
+        phase.done(loss.item())
+    if phase.step == switch == config.ae_steps:  # no quantized steps asked for: codes still needed
         vqvae.quantize.embedding.weight.data.copy_(_codebook(vqvae, pictures, config))
     vqvae.eval()
-    return loss_avg, step >= config.ae_steps
+    return phase.loss
 
 
 def _train_unet(
@@ -349,27 +304,19 @@ def _train_unet(
     ckpt: Path,
     progress: bool,
     budget: Budget,
-) -> tuple[float, bool]:
-    """Train (or resume) the UNet; returns the running loss and whether it is done."""
-    import copy
-
+) -> float:
+    """Train (or resume) the UNet; returns the running loss."""
     import torch
 
     alphas = build_scheduler().alphas_cumprod
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
-    ema = copy.deepcopy(unet)
-    step, loss_avg = 0, float("nan")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, loss_avg = state["step"], state["loss"]
+    ema = Ema([unet], config.ema)
+    phase = Phase(ckpt, {"unet": unet, "ema": ema.averages[0]}, optimizer, steps=config.unet_steps,
+                  lr=config.lr, warmup=config.warmup, checkpoint_every=config.checkpoint_every,
+                  desc="unet", progress=progress, budget=budget)  # fmt: skip
     unet.train()
-    pairs = list(zip(ema.parameters(), unet.parameters(), strict=True))
-    bar = Bar(config.unet_steps, step, "unet", progress)
     crop = config.crop
-    while step < config.unet_steps and not budget.spent:
+    for step in phase:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 500_000 + step)
         rng = random.Random(config.seed * 1_000_003 + 500_000 + step)
         index = torch.randint(0, len(latents), (config.batch,), generator=gen).tolist()
@@ -381,8 +328,6 @@ def _train_unet(
         t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup)
         # The scheduler predicts the clean latent ("sample"): the loss is on it directly.
         pred = unet(torch.cat([noisy, low], dim=1), t).sample
         loss = (pred - x0).pow(2).mean() + (pred - x0).abs().mean()
@@ -391,24 +336,12 @@ def _train_unet(
         pins.zero_grads()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        decay = min(config.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_p, p in pairs:
-                ema_p.lerp_(p, 1 - decay)
-        step += 1
-        value = loss.item()
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        bar.update(loss_avg)
-        budget.take()
-        if step % config.checkpoint_every == 0 or step == config.unet_steps or budget.spent:
-            state = {"unet": unet.state_dict(), "ema": ema.state_dict(),
-                     "optimizer": optimizer.state_dict()}  # fmt: skip
-            save_atomic({**state, "step": step, "loss": loss_avg}, ckpt)
-    bar.close()
+        ema.update(step)
+        phase.done(loss.item())
     # The exported UNet is the moving average; pinned entries are the same in both.
-    unet.load_state_dict(ema.state_dict())
+    ema.load_into_models()
     unet.eval()
-    return loss_avg, step >= config.unet_steps
+    return phase.loss
 
 
 def _export(vqvae: Any, unet: Any, out: Path, summary: dict[str, Any]) -> None:
