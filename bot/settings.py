@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine import DEFAULT_MODEL
+from pipeline.models import ModelSpec, parse_models
 from pipeline.upscale import DEFAULT_UPSCALE_STEPS, DEFAULT_UPSCALER
 
 # The settings of EXECUTOR=ray only.
@@ -25,7 +26,16 @@ class Settings:
     """Every knob of the bot. Environment variable = field name in upper case."""
 
     discord_token: str | None = field(default=None, repr=False)
+    # The one model to draw with (its source is also its name); or use MODELS for several.
     model: str = DEFAULT_MODEL
+    # Several models, each with a name members pick in /draw model:, as name=source pairs:
+    # "ldm=CompVis/ldm-text2im-large-256,sd15=/models/sd15,shapes=tiny:shapes".
+    models: str = ""
+    # Which of MODELS draws when neither the member nor the server picks one; "": the first.
+    default_model: str = ""
+    # How many models stay loaded at once (others give way, least recently used first);
+    # 0: one on a GPU under 16 GB, else two.
+    max_resident_models: int = 0
     # The model behind the U buttons (hub id, folder, tiny:shapes-x4, tiny:upscaler), loaded on
     # the first upscale; "none" turns upscaling off.
     upscaler: str = DEFAULT_UPSCALER
@@ -90,6 +100,19 @@ class Settings:
                 "WORKER_TIMEOUT_S must be a finite number of seconds, more than 0; "
                 f"got {self.worker_timeout_s:g}."
             )
+        if self.max_resident_models < 0:
+            raise SettingsError(
+                "MAX_RESIDENT_MODELS must be 0 (automatic) or more; "
+                f"got {self.max_resident_models}."
+            )
+        specs = self.model_specs()  # refuses a malformed MODELS
+        names = [spec.name for spec in specs]
+        if self.default_model and self.default_model not in names:
+            where = "MODELS" if self.models.strip() else "MODEL"
+            raise SettingsError(
+                f"DEFAULT_MODEL={self.default_model} is not among the models in {where} "
+                f"({', '.join(names)}); pick one of them or leave it empty."
+            )
         if executor == "local":
             # Settings only Ray reads would be ignored without a word: refuse them.
             ignored = [
@@ -102,6 +125,25 @@ class Settings:
                     f"{', '.join(ignored)} only apply with EXECUTOR=ray; set EXECUTOR=ray, or "
                     "remove them (EXECUTOR=local draws on one thread of this process)."
                 )
+
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """The models to load: MODELS, else MODEL alone (named as it is written)."""
+        if not self.models.strip():
+            return (ModelSpec(self.model, self.model),)
+        if self.model != DEFAULT_MODEL:
+            raise SettingsError(
+                "Set MODELS or MODEL, not both: MODEL is the one-model form. Add "
+                f"{self.model} to MODELS with a name (like mine={self.model}) and remove MODEL."
+            )
+        try:
+            return parse_models(self.models)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+
+    @property
+    def default_model_name(self) -> str:
+        """The model a drawing uses unless a member or server picks another."""
+        return self.default_model or self.model_specs()[0].name
 
     @classmethod
     def from_env(

@@ -100,10 +100,29 @@ class Capabilities:
 class Engine:
     """One loaded diffusers text-to-image pipeline and everything needed to run it exactly."""
 
-    def __init__(self, pipe: Any, model: str, *, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        model: str,
+        *,
+        device: str = "cpu",
+        name: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """``model``: where it was loaded from (a MODEL value); ``name``: what people call it
+        (a MODELS name), which requests, the store and the pictures' settings carry. Without
+        one the source is the name, as with a single MODEL."""
         self.pipe = pipe
-        self.model = model
+        self.source = model
+        self.model = name or model
         self.device = device
+        self.cache_dir = cache_dir
+        # A1111's "Model hash" (the first 10 hex digits of the checkpoint file's SHA-256),
+        # where there is one file to hash; None for folders, hub ids and built-ins.
+        self.model_hash: str | None = None
+        # Where the weights are: "device" (ready to draw), "cpu" (moved out of the GPU's memory
+        # to come back quickly) or "unloaded" (read from disk again when next needed).
+        self.placement = "device"
         # Every run builds its scheduler afresh from this one, so a sampler picked for one
         # request can never leak into the next.
         self._base_scheduler = pipe.scheduler
@@ -120,9 +139,17 @@ class Engine:
     # -- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model: str, *, device: str = "auto", cache_dir: Path | None = None) -> Engine:
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        name: str | None = None,
+    ) -> Engine:
         """Load ``model``: a hub id, a local diffusers folder, a single-file checkpoint
-        (``.safetensors`` / ``.ckpt``), or a built-in ``tiny:shapes|sd|ldm``.
+        (``.safetensors`` / ``.ckpt``), or a built-in ``tiny:shapes|sd|ldm``; ``name``: what
+        to call it (default: ``model``).
 
         ``device="auto"`` picks CUDA (fp16) when available, else the CPU (fp32). Every way it
         can fail raises ``ModelLoadError`` with a message saying what to do.
@@ -131,13 +158,59 @@ class Engine:
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(model, device=device, cache_dir=cache_dir)
-        if not hasattr(pipe, "unet") or not hasattr(pipe, "tokenizer"):
-            raise ModelLoadError(
-                f"{model!r} is a {type(pipe).__name__}, not a text-to-image pipeline with a UNet."
+        pipe = _load_text_to_image(model, device=device, cache_dir=cache_dir)
+        engine = cls(pipe, model, device=device, name=name, cache_dir=cache_dir)
+        engine.model_hash = checkpoint_hash(model)
+        return engine
+
+    # -- memory: several models take turns on one device ---------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether the weights are on the device, so drawing starts without loading."""
+        return self.placement == "device"
+
+    def weight_bytes(self) -> int:
+        """The size of the loaded weights (0 when unloaded)."""
+        if self.pipe is None:
+            return 0
+        total = 0
+        for component in getattr(self.pipe, "components", {}).values():
+            parameters = getattr(component, "parameters", None)
+            if callable(parameters):
+                total += sum(p.numel() * p.element_size() for p in parameters())
+        return total
+
+    def evict(self, *, keep_in_cpu_memory: bool) -> None:
+        """Free the device's memory for another model: move the weights to CPU memory
+        (``keep_in_cpu_memory``, for a GPU: faster to bring back than reading the disk), or
+        drop them (read again from the disk when next needed). Capabilities, the tokenizer and
+        validation stay, so requests for this model are still checked and queued."""
+        if self.placement != "device":
+            return
+        self._img2img = None  # shares the weights; made again on first use
+        if keep_in_cpu_memory and self.device != "cpu":
+            self.pipe.to("cpu")
+            self.placement = "cpu"
+        else:
+            self.pipe = None
+            self._base_scheduler = None
+            self.placement = "unloaded"
+        _release_device_memory()
+
+    def bring_back(self) -> None:
+        """Make the weights ready on the device again (from CPU memory, or from the disk)."""
+        if self.placement == "device":
+            return
+        if self.placement == "unloaded":
+            self.pipe = _load_text_to_image(
+                self.source, device=self.device, cache_dir=self.cache_dir
             )
-        pipe.to(device)
-        return cls(pipe, model, device=device)
+            self.pipe.set_progress_bar_config(disable=True)
+            self._base_scheduler = self.pipe.scheduler
+        else:
+            self.pipe.to(self.device)
+        self.placement = "device"
 
     # -- capabilities --------------------------------------------------------------------
 
@@ -167,7 +240,7 @@ class Engine:
             samplers=tuple(s.id for s in supported),
             default_sampler=default.id,
             max_prompt_tokens=int(self._counting_tokenizer.model_max_length),
-            example_prompts=example_prompts(self.model, getattr(pipe, "name_or_path", None)),
+            example_prompts=example_prompts(self.source, getattr(pipe, "name_or_path", None)),
             image_input=_has_image_to_image(pipe),
         )
 
@@ -436,6 +509,8 @@ class Engine:
         if first.task == "upscale":
             assert self.upscaler is not None  # validate() said so
             return [self.upscaler.run(r, _StepReporter.factory(on_step)) for r in resolved]
+        if not self.ready:
+            raise RuntimeError(f"model {self.model} is not loaded: bring it back first")
         for r in resolved[1:]:
             if batch_key(r) != batch_key(first):
                 raise ValueError("requests in one batch must share model, sampler, steps and size")
@@ -605,6 +680,42 @@ def load_pipeline(model: str, *, device: str, cache_dir: Path | None = None) -> 
         raise
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {model!r}: {exc}") from exc
+
+
+def _load_text_to_image(model: str, *, device: str, cache_dir: Path | None) -> Any:
+    """``load_pipeline`` for drawing: refuses what is not text to image, moves to ``device``."""
+    pipe = load_pipeline(model, device=device, cache_dir=cache_dir)
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "tokenizer"):
+        raise ModelLoadError(
+            f"{model!r} is a {type(pipe).__name__}, not a text-to-image pipeline with a UNet."
+        )
+    pipe.to(device)
+    return pipe
+
+
+def checkpoint_hash(model: str) -> str | None:
+    """A1111's model hash ("AutoV2": the first 10 hex digits of the file's SHA-256) of a
+    single-file checkpoint; None for anything else (a folder, a hub id, a built-in)."""
+    import hashlib
+
+    path = Path(model).expanduser()
+    if model.startswith("tiny:") or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]
+
+
+def _release_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _has_image_to_image(pipe: Any) -> bool:

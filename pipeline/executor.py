@@ -210,6 +210,7 @@ class Executor:
         user_id: int,
         on_progress: Callback | None = None,
         on_done: Callback | None = None,
+        on_loading: Callback | None = None,
         ticket: int | None = None,
         enforce_caps: bool = True,
         group: int | None = None,
@@ -219,7 +220,8 @@ class Executor:
         """Queue ``request`` for ``user_id``; returns its ticket. Call from the event loop.
 
         ``on_progress(step, total)`` (step 0 when the job starts) and ``on_done(outcome)`` run on
-        the loop, in the caller's context; coroutine functions become tasks.
+        the loop, in the caller's context; coroutine functions become tasks; so does
+        ``on_loading(model)``, when the job's turn came and its model is being loaded first.
         Raises ``QueueFull`` over the per-user or global cap, unless ``enforce_caps`` is off
         (jobs recovered after a restart were accepted once already). Jobs submitted with the
         same ``unit`` (the cells of one comparison) count once against the caps: only the first
@@ -244,6 +246,7 @@ class Executor:
                 group=group,
                 unit=ticket if unit is None else unit,
                 attempts=max(0, attempts),
+                on_loading=on_loading,
             )
             self.queue.add(job)
             self._outstanding += 1
@@ -321,9 +324,19 @@ class Executor:
 
     # -- for backends: a batch's life ----------------------------------------------------
 
-    def _take_batch(self) -> list[Job]:
-        """The next fair batch (under the lock); empty when nothing may start."""
-        return self.queue.take_batch()
+    def _take_batch(self, ready: Callable[[DrawRequest], bool] | None = None) -> list[Job]:
+        """The next fair batch (under the lock); empty when nothing may start. ``ready``: which
+        requests the worker can draw without loading a model (preferred, within a bounded
+        skip); by default the engine's own answer, where it holds several models."""
+        if ready is None:
+            ready = getattr(self.engine, "ready_for", None)
+        return self.queue.take_batch(ready)
+
+    def _loading(self, batch: Sequence[Job], model: str) -> None:
+        """Tell each job of ``batch`` that its model is being loaded before it draws."""
+        for job in batch:
+            if job.on_loading is not None and not job.cancelled:
+                self._dispatch(job, job.on_loading, (model,), done=False)
 
     def _begin(self, batch: list[Job]) -> None:
         """Before a batch draws, off the loop: count the attempt, record it, report step 0."""
@@ -538,6 +551,13 @@ def _attempt(
     raise AssertionError("unreachable")
 
 
+def needs_loading(engine: Any, request: DrawRequest) -> str | None:
+    """The model ``engine`` must load before drawing ``request`` (an engine of one model, or a
+    ``pipeline.models.ModelSet`` with it ready: None)."""
+    check = getattr(engine, "needs_loading", None)
+    return check(request) if check is not None else None
+
+
 def release_memory() -> None:
     """Give memory back after a failed batch (the GPU's cache too)."""
     import gc
@@ -617,6 +637,15 @@ class LocalBackend:
 
     def _run(self, ex: Executor, batch: list[Job]) -> None:
         ex._begin(batch)
+        model = needs_loading(ex.engine, batch[0].request)
+        if model is not None:
+            ex._loading(batch, model)
+            try:
+                ex.engine.ensure(model)
+            except Exception as exc:  # ModelUnavailable: its jobs fail, saying so
+                for job in batch:
+                    ex._fail(job, exc)
+                return
 
         def on_step(indices: list[int], step: int, total: int) -> None:
             if ex._closing or all(batch[i].cancelled for i in indices):

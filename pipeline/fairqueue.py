@@ -20,6 +20,9 @@ from pipeline.errors import QueueFull
 from pipeline.request import DrawRequest
 
 Callback = Callable[..., Awaitable[Any] | Any]
+# At most this many turns may a job lose to jobs for a model that is loaded already, so the GPU
+# does not thrash between models but nobody waits long for theirs.
+MAX_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Job:
     last_progress: float = field(default=-1e9)
     # How many times a batch holding this job was started (a lost worker's jobs run again).
     attempts: int = 0
+    # How many turns it gave up to jobs whose model was loaded (at most MAX_PASSES).
+    passed: int = 0
+    # Called with the model's name when the job waits for its model to be loaded.
+    on_loading: Callback | None = None
 
 
 class FairQueue:
@@ -188,18 +195,26 @@ class FairQueue:
 
     # -- taking and giving back ----------------------------------------------------------
 
-    def take_batch(self) -> list[Job]:
+    def take_batch(self, ready: Callable[[DrawRequest], bool] | None = None) -> list[Job]:
         """Take the longest run of compatible jobs from the head of the fair order; they count
-        as running until ``finish``. Empty when nothing may start."""
+        as running until ``finish``. Empty when nothing may start.
+
+        ``ready(request)``: whether a job could start without loading its model. The first
+        such job goes ahead of those before it in the fair order, unless one of them already
+        gave up ``MAX_PASSES`` turns that way: then the head goes first, and its model is
+        loaded."""
         if not self.ready():
             return []
         self._rotation.extend(self._held)  # the last batch's users: to the back of the round
         self._held.clear()
         order = self.fair_order(runnable=True)
-        head = order[0]
+        start = self._preferred(order, ready) if ready is not None else 0
+        for passed in order[:start]:
+            passed.passed += 1
+        head = order[start]
         key = batch_key(head.request)
         batch, images = [head], head.request.count
-        for job in order[1:]:
+        for job in order[start + 1 :]:
             if batch_key(job.request) != key or images + job.request.count > self.max_batch:
                 break  # stop at the first misfit: batching never reorders the queue
             batch.append(job)
@@ -214,6 +229,17 @@ class FairQueue:
                 del self._queues[job.user_id]
         self.running.extend(batch)
         return batch
+
+    @staticmethod
+    def _preferred(order: list[Job], ready: Callable[[DrawRequest], bool]) -> int:
+        """Where the batch starts in ``order``: the first job ready to draw, if the jobs before
+        it may still give up a turn; else 0."""
+        for i, job in enumerate(order):
+            if ready(job.request):
+                return i
+            if job.passed >= MAX_PASSES:
+                return 0  # it has waited enough: the head goes first, model loading or not
+        return 0
 
     def finish(self, job: Job) -> None:
         """Forget a job that ended (queued or running)."""
