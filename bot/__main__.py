@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from bot.settings import Settings, SettingsError
 from pipeline.cpu import CpuConfigError, configure_cpu_threads
+from pipeline.models import thread_model
 
 Mode = Literal["run", "sync", "preview", "no-token"]
 
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = Settings.from_env()
         mode, settings = choose(args.command, loaded, os.environ)
         # Before anything imports torch; the thread count depends on the model.
-        configure_cpu_threads(settings.torch_threads, model=settings.model)
+        configure_cpu_threads(settings.torch_threads, model=thread_model(settings.model_specs()))
     except (SettingsError, CpuConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from bot.views import (
 from pipeline.errors import EaselError
 
 if TYPE_CHECKING:
+    from pipeline.models import ModelSet
     from pipeline.ray_backend import RayBackend
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ COGS = (
     "bot.cogs.moderation",
     "bot.cogs.privacy",
     "bot.cogs.settings",
+    "bot.cogs.models",
 )
 COMMAND_HASH_KEY = "command_hash"
 GENERIC_ERROR = N_("Sorry, something went wrong on our side. It has been logged; please try again.")
@@ -65,10 +67,10 @@ class EaselTree(app_commands.CommandTree):
 
 
 class EaselBot(commands.Bot):
-    """The drawing bot. ``engine``, ``executor`` and ``jobs`` exist once ``setup_hook`` ran."""
+    """The drawing bot. ``models``, ``executor`` and ``jobs`` exist once ``setup_hook`` ran."""
 
     executor: Any
-    engine: Any
+    models: ModelSet
     jobs: JobRunner
 
     def __init__(
@@ -99,8 +101,8 @@ class EaselBot(commands.Bot):
     # -- start and stop ------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        from pipeline.engine import Engine
         from pipeline.executor import Executor
+        from pipeline.models import ModelSet
 
         s = self.settings
         await self.store.open()
@@ -112,18 +114,25 @@ class EaselBot(commands.Bot):
             await self.sync_commands(force=True)
             return
         backend = None
+        specs = s.model_specs()
+        names = ", ".join(spec.name for spec in specs)
         if s.executor == "ray":
             backend = _ray_backend(s)
-            log.info("starting %d Ray worker(s) with model %s", s.workers, s.model)
-            self.engine = await asyncio.to_thread(backend.connect)
+            log.info("starting %d Ray worker(s) with model(s) %s", s.workers, names)
+            self.models = await asyncio.to_thread(backend.connect)
         else:
-            log.info("loading model %s", s.model)
-            self.engine = await asyncio.to_thread(
-                Engine.load, s.model, device=s.device, cache_dir=s.model_cache_dir
+            log.info("loading model(s) %s", names)
+            self.models = await asyncio.to_thread(
+                ModelSet.load,
+                specs,
+                default=s.default_model_name,
+                device=s.device,
+                cache_dir=s.model_cache_dir,
+                max_resident=s.max_resident_models,
             )
-        self.engine.attach_upscaler(s.upscaler, steps=s.upscale_steps, cache_dir=s.model_cache_dir)
+        self.models.attach_upscaler(s.upscaler, steps=s.upscale_steps, cache_dir=s.model_cache_dir)
         self.executor = Executor(
-            self.engine,
+            self.models,
             max_per_user=s.max_queued_per_user,
             max_queue=s.max_queue,
             max_batch=s.max_batch,
@@ -139,7 +148,7 @@ class EaselBot(commands.Bot):
                 self.executor.pause_group(guild_id)
         self.executor.start()
         self.jobs = JobRunner(
-            self, self.store, self.engine, self.executor, max_attempts=s.max_attempts
+            self, self.store, self.models, self.executor, max_attempts=s.max_attempts
         )
         for cog in COGS:
             await self.load_extension(cog)

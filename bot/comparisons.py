@@ -41,7 +41,9 @@ if TYPE_CHECKING:
     from bot.policy import Policy
     from bot.protocols import Host
     from bot.store import Store
+    from pipeline.engine import Capabilities
     from pipeline.executor import Executor
+    from pipeline.models import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class CompareMixin:
     if TYPE_CHECKING:
         bot: Host
         store: Store
-        engine: Any
+        models: ModelSet
         executor: Executor
         max_attempts: int
         _inflight: dict[int, Job]
@@ -128,7 +130,11 @@ class CompareMixin:
         _withdrawn: set[tuple[int | None, int]]
         _clock: Callable[[], float]
 
-        async def policy(self, guild_id: int | None) -> Policy: ...
+        async def policy(self, guild_id: int | None, model: str | None = None) -> Policy: ...
+        def capabilities(self, request: DrawRequest) -> Capabilities: ...
+        async def same_model(
+            self, interaction: discord.Interaction, record: JobRecord
+        ) -> str | None: ...
         async def _check_banned_words(self, guild_id: int | None, request: DrawRequest) -> None: ...
         def _check_cooldown(self, guild_id: int | None, user_id: int, policy: Policy) -> None: ...
         async def _record_refused(
@@ -222,7 +228,12 @@ class CompareMixin:
         """Every check /draw makes, on every cell; returns the comparison with its shared
         settings resolved, and the notes the engine has for it."""
         user = interaction.user
-        policy = await self.policy(interaction.guild_id)
+        policy = await self.policy(interaction.guild_id, comparison.base.model)
+        # The server's model unless one was picked; the same for every cell.
+        comparison = replace(
+            comparison, base=replace(comparison.base, model=comparison.base.model or policy.model)
+        )
+        policy.check_model(comparison.base.model)
         cells = comparison.cells()
         if len(cells) > policy.max_compare_cells:
             raise QueueFull(
@@ -242,15 +253,15 @@ class CompareMixin:
                 raise
         self._check_cooldown(interaction.guild_id, user.id, policy)
         # The shared settings resolve once, so every cell has the same size, sampler and seed.
-        base = self.engine.resolve(comparison.base)
+        base = self.models.resolve(comparison.base)
         comparison = replace(comparison, base=base)
         notes: list[str] = []
         for cell in comparison.cells():
             try:
-                for note in self.engine.validate(cell.request):
+                for note in self.models.validate(cell.request):
                     if note not in notes:
                         notes.append(note)
-                policy.check(self.engine.resolve(cell.request))
+                policy.check(self.models.resolve(cell.request))
             except EaselError as exc:
                 raise type(exc)(
                     N_("In the cell {cell}: {problem}"),
@@ -295,6 +306,7 @@ class CompareMixin:
                 attempts=(attempts or {}).get(cell.index, 0),
                 on_progress=functools.partial(self._on_cell_progress, run, cell, job),
                 on_done=functools.partial(self._on_cell_done, run, cell, job),
+                on_loading=functools.partial(self._on_cell_loading, run),
             )
             self._inflight[job.id] = job
 
@@ -313,6 +325,9 @@ class CompareMixin:
             run.running.add(cell.index)
         run.step = (step, total)
         await run.delivery.status(run.progress())
+
+    async def _on_cell_loading(self, run: ComparisonRun, model: str) -> None:
+        await run.delivery.status(Message(N_("Loading {model}…"), model=model))
 
     async def _on_cell_done(
         self, run: ComparisonRun, cell: Cell, job: Job, outcome: JobOutcome
@@ -399,7 +414,7 @@ class CompareMixin:
                 await self._no_grid(run, job, first_error)
                 return
             comparison = run.comparison
-            caps = self.engine.capabilities
+            caps = self.capabilities(comparison.base)
             missing = {i: MISSING_LABELS.get(why, why) for i, why in run.missing.items()}
             text = comparison.parameters(eta=caps.eta, pipeline_class=caps.pipeline_class)
 
@@ -501,7 +516,7 @@ class CompareMixin:
         in the current locale (``notes`` may be ``Message``s)."""
         comparison = run.comparison
         base = comparison.base
-        caps = self.engine.capabilities
+        caps = self.capabilities(base)
         embed = discord.Embed(description=plain(shorten(base.prompt, 1000)), colour=EMBED_COLOUR)
         if base.negative_prompt:
             embed.add_field(
@@ -616,7 +631,7 @@ class CompareMixin:
         data = await asyncio.to_thread(path.read_bytes)
         limit = getattr(interaction, "filesize_limit", None) or 10 * 1024 * 1024
         upload = await asyncio.to_thread(fit_upload, data, limit, f"easel-{cell_id}.png")
-        caps = self.engine.capabilities
+        caps = self.capabilities(record.request)
         embed = result_embed(
             record.request,
             cell_id,
@@ -642,7 +657,9 @@ class CompareMixin:
     ) -> int | None:
         """The same comparison with a new (or the given) seed."""
         comparison = comparison_of(record)
-        base = replace(comparison.base, seed=random_seed() if seed is None else seed, model=None)
+        if (model := await self.same_model(interaction, record)) is None:
+            return None
+        base = replace(comparison.base, seed=random_seed() if seed is None else seed, model=model)
         return await self.compare(
             interaction, replace(comparison, base=base), parent_job_id=record.id
         )
@@ -730,7 +747,10 @@ class CompareMixin:
                 await self.store.mark_failed(row.id, reason)
                 run.missing[cell.index] = "failed"
             else:
-                again.append((cell, replace(row.request, model=None)))
+                model = self.models.find(row.request.model)
+                if model is None:  # removed from MODELS while it waited: resumed it can't be
+                    raise ValueError(f"its model {row.request.model} is no longer configured")
+                again.append((cell, replace(row.request, model=model)))
                 started[cell.index] = row.attempts
         if again:
             self._submit_cells(run, again, enforce_caps=False, attempts=started)

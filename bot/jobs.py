@@ -23,7 +23,7 @@ from bot.comparisons import CompareMixin
 from bot.delivery import Delivery, Job, outcome_message
 from bot.errors import CoolingDown
 from bot.i18n import N_, Message, _, in_locale, public_locale
-from bot.policy import Policy
+from bot.policy import Policy, allowed_models, server_model
 from bot.render import fit_upload, result_embed
 from bot.replies import answer_privately
 from bot.store import GuildSettings, JobNotFound, JobRecord, PurgeRecord, Store
@@ -39,6 +39,8 @@ from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
     from bot.protocols import Host
+    from pipeline.engine import Capabilities
+    from pipeline.models import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class JobRunner(CompareMixin):
         self,
         bot: Host,
         store: Store,
-        engine: Any,
+        models: ModelSet,
         executor: Executor,
         *,
         clock: Callable[[], float] | None = None,
@@ -70,7 +72,7 @@ class JobRunner(CompareMixin):
     ) -> None:
         self.bot = bot
         self.store = store
-        self.engine = engine
+        self.models = models
         self.executor = executor
         self.max_attempts = max(1, max_attempts)
         # time.monotonic looked up at each call, so a patched clock (SimCord's) applies.
@@ -92,10 +94,42 @@ class JobRunner(CompareMixin):
         # Every batch's attempt is on disk before it draws (see _record_start).
         executor.on_start = self._record_start
 
-    async def policy(self, guild_id: int | None) -> Policy:
-        """The limits and defaults that apply in a server (DMs: the bot-wide ones)."""
+    async def policy(self, guild_id: int | None, model: str | None = None) -> Policy:
+        """The limits and defaults that apply in a server (DMs: the bot-wide ones) to drawing
+        with ``model`` (None: the model the server draws with by default)."""
         stored = GuildSettings() if guild_id is None else await self.store.guild_settings(guild_id)
-        return Policy.build(stored, self.engine.capabilities, self.bot.settings)
+        names = self.models.names
+        if model not in names:
+            model = server_model(stored, allowed_models(stored, names), self.models.default)
+        return Policy.build(
+            stored,
+            self.models.capabilities(model),
+            self.bot.settings,
+            models=names,
+            bot_default=self.models.default,
+        )
+
+    def capabilities(self, request: DrawRequest) -> Capabilities:
+        """What the model of ``request`` can do; the default model's for one the bot no
+        longer has (an old picture, shown or upscaled)."""
+        return self.models.capabilities(self.models.find(request.model))
+
+    async def same_model(self, interaction: discord.Interaction, record: JobRecord) -> str | None:
+        """The model to draw a past job again with: its own, under the name it has now. A model
+        the bot no longer has is answered privately (None): another would draw another picture."""
+        name = self.models.find(record.request.model)
+        if name is None:
+            await answer_privately(
+                interaction,
+                _(
+                    "Job #{job} was drawn with {model}, which this bot no longer has, so it "
+                    "can't be drawn the same way again. Draw it anew with /draw and pick a "
+                    "model; /models lists them.",
+                    job=record.id,
+                    model=record.request.model,
+                ),
+            )
+        return name
 
     # -- starting ------------------------------------------------------------------------
 
@@ -194,10 +228,13 @@ class JobRunner(CompareMixin):
         """Every check a request must pass before it is queued; returns it resolved."""
         user = interaction.user
         await self._check_banned_words(interaction.guild_id, request)
-        policy = await self.policy(interaction.guild_id)
+        policy = await self.policy(interaction.guild_id, request.model)
         self._check_cooldown(interaction.guild_id, user.id, policy)
-        self.engine.validate(request)  # its notes come back with the result
-        request = self.engine.resolve(request)
+        if request.task != "upscale":  # an upscale keeps its picture's model
+            request = replace(request, model=request.model or policy.model)
+            policy.check_model(request.model)
+        self.models.validate(request)  # its notes come back with the result
+        request = self.models.resolve(request)
         policy.check(request)
         if policy.stored.max_queued_per_user is not None:  # else the executor's own cap says it
             policy.check_queue(self.executor.pending(user.id, group=interaction.guild_id))
@@ -264,6 +301,7 @@ class JobRunner(CompareMixin):
             group=job.guild_id,
             on_progress=functools.partial(self._on_progress, job),
             on_done=functools.partial(self._on_done, job),
+            on_loading=functools.partial(self._on_loading, job),
         )
         self._inflight[job.id] = job
 
@@ -286,7 +324,10 @@ class JobRunner(CompareMixin):
             request = replace(record.request, seed=new_seed)
             parent = record.parent_job_id or job_id
             return await self.start(interaction, request, parent_job_id=parent, kind="upscale")
-        request = replace(record.request, seed=new_seed, model=None)
+        model = await self.same_model(interaction, record)
+        if model is None:
+            return None
+        request = replace(record.request, seed=new_seed, model=model)
         return await self.start(interaction, request, parent_job_id=job_id)
 
     async def _picture_of(
@@ -316,6 +357,8 @@ class JobRunner(CompareMixin):
         if found is None:
             return None
         record, _path, seed = found
+        if (model := await self.same_model(interaction, record)) is None:
+            return None
         if record.task != "draw":
             await answer_privately(
                 interaction,
@@ -328,7 +371,7 @@ class JobRunner(CompareMixin):
             count=1,
             variation_seed=random_seed(),
             variation_strength=strength,
-            model=None,
+            model=model,
         )
         return await self.start(interaction, request, parent_job_id=job_id, kind="vary")
 
@@ -355,6 +398,8 @@ class JobRunner(CompareMixin):
         if found is None:
             return None
         record, path, _seed = found
+        if (model := await self.same_model(interaction, record)) is None:
+            return None
         request = replace(
             record.request,
             prompt=prompt,
@@ -365,7 +410,7 @@ class JobRunner(CompareMixin):
             strength=strength,
             variation_seed=None,
             variation_strength=0.0,
-            model=None,
+            model=model,
             # The picture's own size (an upscale's is 4x its settings' size), checked as any.
             width=None,
             height=None,
@@ -377,7 +422,7 @@ class JobRunner(CompareMixin):
     ) -> int | None:
         """Picture ``index`` of a past job made 4x larger by the upscaler, through the same
         queue, caps and fairness as a drawing."""
-        if self.engine.upscaler is None:
+        if self.models.upscaler is None:
             await answer_privately(interaction, _("This bot has no upscaler set up."))
             return None
         found = await self._picture_of(interaction, job_id, index, "upscale")
@@ -419,11 +464,15 @@ class JobRunner(CompareMixin):
         for record in records:
             if record.id in handled:
                 continue
-            # An upscale keeps the model that drew its source; the rest draw with today's.
-            model = record.model if record.task == "upscale" else None
+            # An upscale keeps the model that drew its source; the rest draw with the model they
+            # were queued with, under the name it has now.
+            model = record.model if record.task == "upscale" else self.models.find(record.model)
             job = self._restored(record, replace(record.request, model=model))
             if record.attempts >= self.max_attempts:
                 self._start_background(self._give_up(job, record.attempts))
+                continue
+            if model is None:  # the operator removed its model from MODELS meanwhile
+                self._start_background(self._model_gone(job, record.model))
                 continue
             try:
                 # Its earlier starts count: a lost worker may start it only what is left.
@@ -484,6 +533,23 @@ class JobRunner(CompareMixin):
         except Exception:
             log.exception("telling the requester of job %s that it was stopped failed", job.id)
 
+    async def _model_gone(self, job: Job, model: str | None) -> None:
+        log.warning("job %s not restarted: its model %s is no longer configured", job.id, model)
+        try:
+            await self.store.mark_failed(job.id, f"its model {model} is no longer configured")
+            await job.delivery.final(
+                content=Message(
+                    N_(
+                        "⚠️ Job #{job} was not drawn: its model {model} was removed from the bot "
+                        "while it waited. Draw it again with /draw; /models lists the models."
+                    ),
+                    job=job.id,
+                    model=model,
+                )
+            )
+        except Exception:
+            log.exception("telling the requester of job %s that it was dropped failed", job.id)
+
     async def _repost(self, job: Job, record: JobRecord) -> None:
         try:
             pngs = [await asyncio.to_thread(path.read_bytes) for path, _seed in record.images]
@@ -516,6 +582,9 @@ class JobRunner(CompareMixin):
             await job.delivery.status(
                 Message(N_("Drawing… {step}/{total}"), step=step, total=total)
             )
+
+    async def _on_loading(self, job: Job, model: str) -> None:
+        await job.delivery.status(Message(N_("Loading {model}…"), model=model))
 
     async def _on_done(self, job: Job, outcome: JobOutcome) -> None:
         try:
@@ -653,9 +722,9 @@ class JobRunner(CompareMixin):
     ) -> str:
         """The PNG's ``parameters`` for one picture: its settings, and an upscale's upscaler in
         A1111's hires-fix keys with the job it upscaled."""
-        caps = self.engine.capabilities
+        caps = self.capabilities(request)
         extra: tuple[tuple[str, str], ...] = ()
-        upscaler = self.engine.upscaler
+        upscaler = self.models.upscaler
         if request.task == "upscale" and upscaler is not None:
             extra = (
                 ("Hires upscale", str(upscaler.factor)),
@@ -665,8 +734,18 @@ class JobRunner(CompareMixin):
             if source_job_id is not None:
                 extra += (("Upscaled from", f"job #{source_job_id}"),)
         return format_parameters(
-            request, seed, eta=caps.eta, pipeline_class=caps.pipeline_class, extra=extra
+            request,
+            seed,
+            eta=caps.eta,
+            pipeline_class=caps.pipeline_class,
+            extra=extra,
+            model_hash=self.model_hash(request),
         )
+
+    def model_hash(self, request: DrawRequest) -> str | None:
+        """A1111's hash of the checkpoint that drew ``request``, where it is one file."""
+        name = self.models.find(request.model)
+        return None if name is None else self.models.engine(name).model_hash
 
     async def _shows_flagged(self, job: Job) -> bool:
         """Whether flagged images may be posted: the server allows it and the channel (or a
@@ -757,13 +836,14 @@ class JobRunner(CompareMixin):
                 Message(N_("Scaled down to fit Discord's upload limit; the settings still apply.")),
             )
         # A public post: the embed and the buttons in the server's language.
+        caps = self.capabilities(request)
         with in_locale(await delivery.locale()):
             embed = result_embed(
                 request,
                 job.id,
                 requester=f"<@{delivery.user_id}>",
-                eta_applies=self.engine.capabilities.eta,
-                pipeline_class=self.engine.capabilities.pipeline_class,
+                eta_applies=caps.eta,
+                pipeline_class=caps.pipeline_class,
                 notes=notes,
                 parent_job_id=job.parent_job_id,
                 kind=job.kind,
@@ -798,14 +878,14 @@ class JobRunner(CompareMixin):
         return posted
 
     def _upscaled(self, request: DrawRequest) -> tuple[int, str] | None:
-        upscaler = self.engine.upscaler
+        upscaler = self.models.upscaler
         if request.task != "upscale" or upscaler is None:
             return None
         return upscaler.factor, upscaler.model
 
     def _result_view(self, job: Job, images: int) -> discord.ui.View:
         task = job.request.task
-        upscaler = self.engine.upscaler
+        upscaler = self.models.upscaler
         # An upscale is the end of the line: no V, U or Remix under it. A picture drawn from
         # another has no variation seed to vary.
         return result_view(
@@ -813,7 +893,7 @@ class JobRunner(CompareMixin):
             images=0 if task == "upscale" else images,
             vary=task == "draw",
             upscale=upscaler is not None and upscaler.failed is None,
-            remix=self.engine.capabilities.image_input,
+            remix=self.capabilities(job.request).image_input,
         )
 
     async def _gave_up(self, job: Job, reason: str) -> None:

@@ -3,6 +3,7 @@ run on every request before it is queued."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.errors import InvalidSetting, OverServerLimit
@@ -39,12 +40,32 @@ class Policy:
     default_height: int | None
     nsfw: str
     max_compare_cells: int
+    # The model these limits are for (their defaults come from its capabilities).
+    model: str = ""
+    # The models members may pick here, in MODELS order, and the one drawn when they don't.
+    models: tuple[str, ...] = ()
+    default_model: str = ""
 
     @classmethod
-    def build(cls, stored: GuildSettings, caps: Capabilities, settings: Settings) -> Policy:
+    def build(
+        cls,
+        stored: GuildSettings,
+        caps: Capabilities,
+        settings: Settings,
+        *,
+        models: Sequence[str] = (),
+        bot_default: str | None = None,
+    ) -> Policy:
+        """The policy for drawing with the model ``caps`` describes; ``models``: every model
+        the bot has (default: that one), ``bot_default``: the bot's default among them."""
+        names = tuple(models) or (caps.model,)
+        allowed = allowed_models(stored, names)
         max_steps = stored.max_steps or caps.max_steps
         max_side = stored.max_side or caps.max_side
         return cls(
+            model=caps.model,
+            models=allowed,
+            default_model=server_model(stored, allowed, bot_default or names[0]),
             stored=stored,
             max_steps=max_steps,
             max_side=max_side,
@@ -54,11 +75,25 @@ class Policy:
             # A server that lowers the max steps below the bot's default must not see a request
             # refused for an option its member left out.
             default_steps=stored.default_steps or min(settings.default_steps, max_steps),
-            default_sampler=stored.default_sampler,
+            # A server default this model lacks gives way to the model's own (the server may
+            # have set it for another of the bot's models).
+            default_sampler=stored.default_sampler
+            if stored.default_sampler in caps.samplers
+            else None,
             default_width=None if caps.default_width <= max_side else max_side,
             default_height=None if caps.default_height <= max_side else max_side,
             nsfw=stored.nsfw or "filter",
             max_compare_cells=stored.max_compare_cells or MAX_CELLS,
+        )
+
+    def check_model(self, model: str | None) -> None:
+        """Raise ``OverServerLimit`` if members may not draw with ``model`` here."""
+        if model is None or model in self.models:
+            return
+        raise OverServerLimit(
+            N_("{model} isn't available in this server; pick one of: {names}."),
+            model=model,
+            names=", ".join(self.models),
         )
 
     def check(self, request: DrawRequest) -> None:
@@ -68,6 +103,7 @@ class Policy:
         is the operator's choice (UPSCALER, UPSCALE_STEPS), not a member's."""
         if request.task == "upscale":
             return
+        self.check_model(request.model)
         if request.steps > self.max_steps:
             raise OverServerLimit(
                 N_("This server allows at most {limit} steps; pick {limit} or fewer."),
@@ -116,8 +152,62 @@ class Policy:
             )
 
 
+def allowed_models(stored: GuildSettings, names: Sequence[str]) -> tuple[str, ...]:
+    """The models members may pick in a server: its allow-list (in MODELS order, less any the
+    bot no longer has), or every model. An allow-list left empty by models the operator
+    removed falls back to all of them rather than locking the server out."""
+    if stored.allowed_models is None:
+        return tuple(names)
+    wanted = set(split_names(stored.allowed_models))
+    return tuple(n for n in names if n in wanted) or tuple(names)
+
+
+def server_model(stored: GuildSettings, allowed: Sequence[str], bot_default: str) -> str:
+    """The model a server draws with when its member picks none."""
+    for candidate in (stored.default_model, bot_default):
+        if candidate is not None and candidate in allowed:
+            return candidate
+    return allowed[0]
+
+
+def split_names(text: str) -> list[str]:
+    """Model names typed as a list: "sd15, shapes" or "sd15 shapes"."""
+    return [n for n in text.replace(",", " ").split() if n]
+
+
+def validate_models(stored: GuildSettings, names: Sequence[str]) -> None:
+    """Raise ``InvalidSetting`` if the server's default model or allow-list names a model the
+    bot doesn't have, or leaves its default out."""
+    unknown = [
+        n
+        for n in [stored.default_model or "", *split_names(stored.allowed_models or "")]
+        if n and n not in names
+    ]
+    if unknown:
+        raise InvalidSetting(
+            N_("This bot has no model called {model}; pick from: {names}."),
+            model=unknown[0],
+            names=", ".join(names),
+        )
+    if stored.allowed_models is not None and not split_names(stored.allowed_models):
+        raise InvalidSetting(
+            N_("Allow at least one model; to allow them all, reset the allowed models.")
+        )
+    allowed = allowed_models(stored, names)
+    if stored.default_model is not None and stored.default_model not in allowed:
+        raise InvalidSetting(
+            N_(
+                "The default model {model} is not among the allowed models ({names}); allow "
+                "it too, or pick another default."
+            ),
+            model=stored.default_model,
+            names=", ".join(allowed),
+        )
+
+
 def validate_settings(stored: GuildSettings, caps: Capabilities, settings: Settings) -> None:
-    """Raise ``InvalidSetting`` saying what to change if the model or the bot can't honour it."""
+    """Raise ``InvalidSetting`` saying what to change if the model or the bot can't honour it
+    (``caps``: the server's default model's)."""
     if stored.max_steps is not None and stored.max_steps > caps.max_steps:
         raise InvalidSetting(
             N_("The bot allows at most {limit} steps; pick a max steps of {limit} or fewer."),

@@ -165,7 +165,7 @@ def describe(session: PreviewSession) -> str:
     s = session.bot.settings
     w = session.world
     if s.model == "tiny:shapes":
-        example = session.bot.engine.capabilities.example_prompts[0]
+        example = session.bot.models.capabilities().example_prompts[0]
         model = _(
             "  Model: {model} (a small model trained on coloured shapes: try “{example}”; set "
             "MODEL, e.g. MODEL={real}, for a real model).",

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from bot.settings import Settings
     from bot.store import PurgeRecord, Store
     from pipeline.compare import Comparison
-    from pipeline.engine import Engine
     from pipeline.executor import Executor
+    from pipeline.models import ModelSet
     from pipeline.request import DrawRequest
 
 
@@ -47,7 +47,7 @@ class Host(Protocol):
 class Jobs(Protocol):
     """The job runner (``bot.jobs.JobRunner``) as the buttons and the cogs call it."""
 
-    async def policy(self, guild_id: int | None) -> Policy: ...
+    async def policy(self, guild_id: int | None, model: str | None = None) -> Policy: ...
 
     async def start(
         self,
@@ -106,7 +106,7 @@ class Easel(Host, Protocol):
     def store(self) -> Store: ...
 
     @property
-    def engine(self) -> Engine: ...
+    def models(self) -> ModelSet: ...
 
     @property
     def executor(self) -> Executor: ...

@@ -33,3 +33,18 @@ def sentences(*parts: str) -> str:
 def listing(items: list[str]) -> str:
     """``items`` as a list in the current language: "2, 5, and 7", "2、5和7"."""
     return format_list(items, locale=current().replace("-", "_"))
+
+
+def chunks(text: str, limit: int = 2000) -> list[str]:
+    """``text`` split between lines into messages of at most ``limit`` characters (Discord's
+    limit); a single longer line is cut."""
+    parts: list[str] = []
+    current_part = ""
+    for line in text.split("\n"):
+        line = line if len(line) <= limit else line[: limit - 1] + "…"
+        if current_part and len(current_part) + 1 + len(line) > limit:
+            parts.append(current_part)
+            current_part = line
+        else:
+            current_part = f"{current_part}\n{line}" if current_part else line
+    return [*parts, current_part] if current_part or not parts else parts

@@ -304,11 +304,18 @@ class ModelSet:
 
     # -- what the executor calls ---------------------------------------------------------
 
+    def engine_for(self, request: DrawRequest) -> Engine:
+        """The engine that checks and draws ``request``. An upscale is drawn by the shared
+        upscaler, so a picture of a model the bot no longer has can still be upscaled."""
+        if request.task == "upscale":
+            return self._engines.get(request.model or "") or self._engines[self.default]
+        return self.engine(request.model)
+
     def resolve(self, request: DrawRequest) -> DrawRequest:
-        return self.engine(request.model).resolve(request)
+        return self.engine_for(request).resolve(request)
 
     def validate(self, request: DrawRequest) -> list[str]:
-        return self.engine(request.model).validate(request)
+        return self.engine_for(request).validate(request)
 
     def attach_upscaler(self, name: str, *, steps: int, cache_dir: Path | None = None) -> None:
         """One upscaler, shared by every model (it upscales pictures, whoever drew them)."""
@@ -326,9 +333,8 @@ class ModelSet:
             return []
         first = requests[0]
         if first.task == "upscale":
-            # The upscaler draws it: the picture's model need not be (or still be) here.
-            engine = self._engines.get(first.model or "") or self._engines[self.default]
-            return engine.run_batch(requests, on_step)
+            # The upscaler draws it: the picture's model need not be ready (or still be here).
+            return self.engine_for(first).run_batch(requests, on_step)
         return self.ensure(first.model or self.default).run_batch(requests, on_step)
 
 

@@ -36,12 +36,14 @@ def format_parameters(
     eta: bool = True,
     pipeline_class: str | None = None,
     extra: tuple[tuple[str, str], ...] = (),
+    model_hash: str | None = None,
 ) -> str:
     """The ``parameters`` text for one image of ``request`` (``seed`` defaults to its first).
 
     ``CFG scale`` keeps the number asked for, so the text redraws the same picture; where that
     scale runs no classifier-free guidance on ``pipeline_class`` (see ``guidance_is_off``), a
     ``Guidance: off`` pair follows it. ``extra`` pairs go last (an upscale's ``Hires ...``).
+    ``model_hash``: A1111's hash of the model's checkpoint file, where it has one.
     """
     r = request
     sampler = sampler_label(r.sampler)
@@ -55,8 +57,10 @@ def format_parameters(
     pairs += [
         ("Seed", str(r.seed if seed is None else seed)),
         ("Size", f"{r.width}x{r.height}"),
-        ("Model", _quote(str(r.model))),
     ]
+    if model_hash:  # A1111's order: the hash, then the model's name
+        pairs.append(("Model hash", model_hash))
+    pairs.append(("Model", _quote(str(r.model))))
     if eta and r.sampler in SAMPLERS and SAMPLERS[r.sampler].uses_eta:
         pairs.append(("Eta", f"{r.eta:g}"))
     if r.task == "img2img" and r.strength is not None:

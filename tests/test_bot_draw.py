@@ -163,7 +163,7 @@ async def test_an_internal_error_gives_a_short_message_and_is_logged(world, monk
     def explode(requests, on_step=None):
         raise RuntimeError("CUDA driver exploded at 0xdeadbeef")
 
-    monkeypatch.setattr(world.bot.engine, "run_batch", explode)
+    monkeypatch.setattr(world.bot.models, "run_batch", explode)
     r = await world.alice.slash(world.channel, "draw", prompt="a cat")
     await world.idle()
     text = r.response.content

@@ -206,7 +206,7 @@ async def test_the_synced_prompt_description_is_chinese_with_the_models_example(
     draw = tree.get_command("draw")
     payload = await draw.get_translated_payload(tree, tree.translator)
     prompt = next(o for o in payload["options"] if o["name"] == "prompt")
-    example = world.bot.engine.capabilities.example_prompts[0]
+    example = world.bot.models.capabilities().example_prompts[0]
     assert prompt["description"] == f"What to draw, e.g. {example}"
     assert prompt["name_localizations"][ZH] == "提示词"
     assert prompt["description_localizations"][ZH] == f"要画的内容，例如 {example}"

@@ -25,14 +25,14 @@ async def test_attempts_are_recorded_before_drawing_and_a_crash_loop_stops(
 ):
     env, bot = world.env, world.bot
     seen: list[int] = []
-    real_run = bot.engine.run_batch
+    real_run = bot.models.run_batch
 
     def spy(requests, **kw):  # a spy on the real engine: what the database says as it starts
         with sqlite3.connect(bot.settings.db_path) as db:
             seen.extend(n for (n,) in db.execute("SELECT attempts FROM jobs ORDER BY id"))
         return real_run(requests, **kw)
 
-    bot.engine.run_batch = spy
+    bot.models.run_batch = spy
     await world.alice.slash(world.channel, "draw", prompt="a cat")
     await world.idle()
     assert seen == [1]  # committed before the first step

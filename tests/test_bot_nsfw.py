@@ -17,13 +17,13 @@ import discord
 
 def flag(bot, *flags: bool) -> None:
     """Make the engine report ``flags`` (per image) as its safety checker's verdict."""
-    original = bot.engine.run_batch
+    original = bot.models.run_batch
 
     def run_batch(requests, on_step=None):
         results = original(requests, on_step)
         return [replace(r, nsfw=tuple(flags[: len(r.images)])) for r in results]
 
-    bot.engine.run_batch = run_batch
+    bot.models.run_batch = run_batch
 
 
 def age_restrict(bot, channel) -> None:

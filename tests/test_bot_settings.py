@@ -35,7 +35,7 @@ def jobs_in_db(world) -> int:
 
 async def test_members_see_no_mod_command_and_overrides_meet_the_bot_check(world):
     alice, ch = world.alice, world.channel
-    assert not [c for c in alice.available_commands(ch) if c.startswith("mod")]
+    assert not [c for c in alice.available_commands(ch) if c.split()[0] == "mod"]
     for command in ("mod settings show", "mod banword list", "mod purge", "mod audit"):
         with pytest.raises(simcord.SetupError, match="not visible"):
             await alice.slash(ch, command)

@@ -143,3 +143,53 @@ def test_a_cancelled_queued_job_leaves_no_trace():
     assert q.fair_order() == [] and not q.ready() and q.snapshot() == []
     job = t.add(2)
     assert q.snapshot() == [QueueEntry(job.ticket, 2, None, "queued", job.ticket)]
+
+
+# -- several models: the loaded one is preferred, within a bounded skip --------------------
+
+
+def add_for(t: Tickets, user: int, model: str) -> Job:
+    job = t.add(user)
+    job.request = DrawRequest("a cat", steps=3, seed=job.ticket, sampler="pndm", model=model)
+    return job
+
+
+def test_jobs_for_the_loaded_model_go_first_but_no_job_gives_up_more_than_two_turns():
+    q = FairQueue(max_per_user=10, max_batch=1)
+    t = Tickets(q)
+    loaded = {"shapes"}
+
+    def ready(request: DrawRequest) -> bool:
+        return request.model in loaded
+
+    waiting = add_for(t, 1, "sd")  # first in line, for the model that is not loaded
+    others = [add_for(t, user, "shapes") for user in (2, 3, 4, 5)]
+    taken = []
+    for _ in range(3):
+        (job,) = q.take_batch(ready)
+        taken.append(job)
+        q.finish(job)
+    # Two jobs of the loaded model went ahead of it, then its turn came (and its model loads).
+    assert tickets(taken) == tickets([others[0], others[1], waiting])
+    assert waiting.passed == 2 and others[2].passed == 0
+    loaded = {"sd"}
+    (job,) = q.take_batch(ready)  # nobody ready: the fair order decides
+    assert job is others[2]
+
+
+def test_a_batch_holds_one_models_jobs_only():
+    q = FairQueue(max_per_user=10, max_batch=4)
+    t = Tickets(q)
+    first = add_for(t, 1, "sd")
+    add_for(t, 1, "shapes")
+    add_for(t, 1, "sd")
+    batch = q.take_batch(lambda r: True)
+    assert batch == [first]  # the next job's model differs: it stops there, never reorders
+
+
+def test_without_a_readiness_check_the_order_is_plain_round_robin():
+    q = FairQueue(max_per_user=10, max_batch=1)
+    t = Tickets(q)
+    a = add_for(t, 1, "sd")
+    b = add_for(t, 2, "shapes")
+    assert tickets(q.take_batch()) == [a.ticket] and b.passed == 0

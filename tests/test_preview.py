@@ -267,7 +267,7 @@ async def test_the_bot_is_called_easel_on_the_page(shapes_preview):
 
 async def test_the_prompt_hint_is_an_example_of_the_loaded_model(shapes_preview):
     async with served(shapes_preview) as session, aiohttp.ClientSession() as http:
-        example = session.bot.engine.capabilities.example_prompts[0]
+        example = session.bot.models.capabilities().example_prompts[0]
         assert example == "a large red circle in the centre, white background"
         page = await PreviewPage(http, session.url).open(session.world.member)
         catalog = await page.get("/api/commands")

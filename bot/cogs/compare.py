@@ -10,6 +10,7 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.cogs.draw import OPTION_NAMES
+from bot.model_menu import model_choices
 from bot.replies import answer_privately
 from pipeline.compare import build_comparison, parse_numbers, parse_replace, parse_samplers
 from pipeline.errors import EaselError
@@ -50,7 +51,7 @@ class Compare(commands.Cog):
         name="compare",
         description=locale_str("Draw one prompt under several settings, side by side."),
     )
-    @app_commands.rename(**OPTION_NAMES, replace=locale_str("replace"))
+    @app_commands.rename(**OPTION_NAMES, replace=locale_str("replace"), model=locale_str("model"))
     @app_commands.describe(
         prompt=locale_str("What to draw; every cell draws it with the same seed"),
         negative_prompt=locale_str("What to keep out of the picture (models that support it)"),
@@ -64,6 +65,7 @@ class Compare(commands.Cog):
         seed=locale_str("The one seed every cell uses; random if left out"),
         width=locale_str("Width in pixels, a multiple of 8"),
         height=locale_str("Height in pixels, a multiple of 8"),
+        model=locale_str("Which model draws every cell (/models lists them)"),
     )
     async def compare(
         self,
@@ -78,10 +80,12 @@ class Compare(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         width: app_commands.Range[int, 64, 2048] | None = None,
         height: app_commands.Range[int, 64, 2048] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         settings = self.bot.settings
-        caps = self.bot.engine.capabilities
-        policy = await self.bot.jobs.policy(interaction.guild_id)
+        model = model.strip() if model else None
+        policy = await self.bot.jobs.policy(interaction.guild_id, model)
+        caps = self.bot.models.capabilities(policy.model)
         base = DrawRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
@@ -93,6 +97,8 @@ class Compare(commands.Cog):
             seed=random_seed() if seed is None else seed,
             width=width or policy.default_width,
             height=height or policy.default_height,
+            # A model not allowed here is refused with the rest of the checks.
+            model=model or policy.model,
         )
         try:
             comparison = build_comparison(
@@ -117,7 +123,15 @@ class Compare(commands.Cog):
     async def sampler_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return sampler_suggestions(current, self.bot.engine.capabilities.samplers)
+        namespace = interaction.namespace
+        policy = await self.bot.jobs.policy(interaction.guild_id, getattr(namespace, "model", None))
+        return sampler_suggestions(current, self.bot.models.capabilities(policy.model).samplers)
+
+    @compare.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await model_choices(self.bot, interaction.guild_id, current)
 
 
 async def setup(bot: Easel) -> None:

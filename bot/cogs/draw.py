@@ -32,11 +32,13 @@ from discord.ext import commands
 
 from bot.defaults import resolve
 from bot.i18n import N_, _, ngettext, number
+from bot.model_menu import default_source, model_choices
 from bot.replies import answer_privately
 from bot.text import listing
 from bot.uploads import BadUpload, read_upload
 from bot.views import DEFAULT_REMIX_STRENGTH, VARY_STRONG
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
+from pipeline.errors import EaselError
 from pipeline.executor import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
 from pipeline.samplers import SAMPLERS
@@ -86,9 +88,11 @@ class Draw(commands.Cog):
         # The prompt's hint suggests what the loaded model draws (the shapes model knows only its
         # own words). The description is part of the synced command, so it is set before the
         # sync; `python -m bot sync` loads no model and asks by name.
-        engine = getattr(bot, "engine", None)
+        models = getattr(bot, "models", None)
         examples = (
-            engine.capabilities.example_prompts if engine else example_prompts(bot.settings.model)
+            models.capabilities().example_prompts
+            if models
+            else example_prompts(default_source(bot.settings))
         )
         params = self.draw._params  # this cog's copy of the command; the dict is its own
         # to_dict sends str(description); the translator reads the message id and the example.
@@ -98,6 +102,7 @@ class Draw(commands.Cog):
     @app_commands.rename(
         **OPTION_NAMES,
         count=locale_str("count"),
+        model=locale_str("model"),
         variation_seed=locale_str("variation_seed"),
         variation_strength=locale_str("variation_strength"),
         image=locale_str("image"),
@@ -114,6 +119,9 @@ class Draw(commands.Cog):
         width=locale_str("Width in pixels, a multiple of 8"),
         height=locale_str("Height in pixels, a multiple of 8"),
         count=locale_str("How many pictures (1-4); picture i uses seed + i"),
+        model=locale_str(
+            "Which model draws it (/models lists them); the server's default if left out"
+        ),
         variation_seed=locale_str(
             "Mix in this seed's noise (A1111's variation seed); random if only strength"
         ),
@@ -141,6 +149,7 @@ class Draw(commands.Cog):
         width: app_commands.Range[int, 64, 2048] | None = None,
         height: app_commands.Range[int, 64, 2048] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
         variation_seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         variation_strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         image: discord.Attachment | None = None,
@@ -148,7 +157,9 @@ class Draw(commands.Cog):
     ) -> None:
         # Options left out take the member's own defaults (/settings), else this server's
         # (/mod settings), else the bot's; this server's limits apply to all of them.
-        policy = await self.bot.jobs.policy(interaction.guild_id)
+        model = model.strip() if model else None
+        policy = await self.bot.jobs.policy(interaction.guild_id, model)
+        caps = self.bot.models.capabilities(policy.model)
         mine = self.bot.store.user_settings(interaction.user.id)
         if image is not None:  # the picture's own size is drawn, whatever the defaults say
             mine = replace(mine, width=None, height=None)
@@ -164,7 +175,7 @@ class Draw(commands.Cog):
         # A default negative prompt with a word banned here gives way rather than refusing.
         here = interaction.guild_id
         banned = await self.bot.store.banned_words(here) if here is not None else []
-        used = resolve(typed, mine, policy, self.bot.settings, self.bot.engine.capabilities, banned)
+        used = resolve(typed, mine, policy, self.bot.settings, caps, banned)
         request = DrawRequest(
             prompt=prompt,
             negative_prompt=used.value("negative_prompt"),
@@ -176,6 +187,7 @@ class Draw(commands.Cog):
             width=used.value("width"),
             height=used.value("height"),
             count=used.value("count"),
+            model=model or policy.model,
             variation_seed=variation_seed,
             # A variation seed alone asks for a variation: strong unless told otherwise.
             variation_strength=variation_strength
@@ -202,7 +214,13 @@ class Draw(commands.Cog):
         notes: tuple[str, ...] = (),
     ) -> None:
         """/draw image: check and store the picture, then draw from it like any request."""
-        caps = self.bot.engine.capabilities
+        policy = await self.bot.jobs.policy(interaction.guild_id, request.model)
+        try:
+            policy.check_model(request.model)  # a model not allowed here: said before the rest
+        except EaselError as refusal:
+            await answer_privately(interaction, refusal)
+            return
+        caps = self.bot.models.capabilities(policy.model)
         if not caps.image_input:
             await answer_privately(
                 interaction,
@@ -222,7 +240,6 @@ class Draw(commands.Cog):
             )
             return
         try:
-            policy = await self.bot.jobs.policy(interaction.guild_id)
             upload = await read_upload(
                 image, caps, max_side=policy.max_side, owner=interaction.user.id
             )
@@ -247,6 +264,12 @@ class Draw(commands.Cog):
                 await store.discard_images([path])
             else:  # its job's row holds on to it now
                 store.release_images([path])
+
+    @draw.autocomplete("model")
+    async def draw_model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await model_choices(self.bot, interaction.guild_id, current)
 
     @app_commands.command(
         name="reroll", description=locale_str("Draw a past job of this server again.")

@@ -14,7 +14,15 @@ from bot.cogs.draw import SAMPLER_CHOICES
 from bot.cogs.history import show_history
 from bot.errors import InvalidSetting
 from bot.i18n import N_, _, enter, ngettext, number
-from bot.policy import NSFW_LABELS, Policy, validate_settings
+from bot.policy import (
+    NSFW_LABELS,
+    Policy,
+    allowed_models,
+    server_model,
+    split_names,
+    validate_models,
+    validate_settings,
+)
 from bot.replies import answer_privately
 from bot.store import EVERYWHERE, GuildSettings, PurgeRecord
 from bot.text import plain, sentences
@@ -36,6 +44,8 @@ _SETTING_LABELS = {
     "default_steps": N_("Default steps"),
     "nsfw": N_("Flagged images"),
     "max_compare_cells": N_("Max compare cells"),
+    "default_model": N_("Default model"),
+    "allowed_models": N_("Allowed models"),
 }
 
 
@@ -263,6 +273,8 @@ class Moderation(commands.Cog):
         default_steps=locale_str("default_steps"),
         nsfw=locale_str("nsfw"),
         max_compare_cells=locale_str("max_compare_cells"),
+        default_model=locale_str("default_model"),
+        allowed_models=locale_str("allowed_models"),
     )
     @app_commands.describe(
         max_steps=locale_str("The most denoising steps a member may ask for"),
@@ -274,6 +286,8 @@ class Moderation(commands.Cog):
         default_steps=locale_str("The steps used when a member leaves them out"),
         nsfw=locale_str("What happens to images the model's safety checker flags"),
         max_compare_cells=locale_str("The most cells (pictures) one /compare grid may have (1-16)"),
+        default_model=locale_str("The model used when a member leaves it out (/models)"),
+        allowed_models=locale_str("The models members may pick, like: sd15, shapes"),
     )
     @app_commands.choices(
         default_sampler=SAMPLER_CHOICES,
@@ -297,6 +311,8 @@ class Moderation(commands.Cog):
         default_steps: app_commands.Range[int, 1, 150] | None = None,
         nsfw: app_commands.Choice[str] | None = None,
         max_compare_cells: app_commands.Range[int, 1, 16] | None = None,
+        default_model: app_commands.Range[str, 1, 100] | None = None,
+        allowed_models: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         _require_manage_server(interaction)
         given: dict[str, Any] = {
@@ -309,6 +325,9 @@ class Moderation(commands.Cog):
             "default_steps": default_steps,
             "nsfw": nsfw.value if nsfw else None,
             "max_compare_cells": max_compare_cells,
+            "default_model": default_model.strip() if default_model else None,
+            # Kept as typed (names checked on saving), written the one way /mod settings shows.
+            "allowed_models": ", ".join(split_names(allowed_models)) if allowed_models else None,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:
@@ -318,6 +337,15 @@ class Moderation(commands.Cog):
             )
             return
         await self._save(interaction, lambda current: replace(current, **changes))
+
+    @settings_set.autocomplete("default_model")
+    async def default_model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        # Every model the bot has: the allow-list may be changed in the same command.
+        typed = current.strip().casefold()
+        names = [n for n in self.bot.models.names if typed in n.casefold()]
+        return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
     @settings.command(
         name="reset", description=locale_str("Put a setting back to the bot's default.")
@@ -346,8 +374,11 @@ class Moderation(commands.Cog):
         assert guild_id is not None
         store = self.bot.store
         updated = change(await store.guild_settings(guild_id))
+        models = self.bot.models
         try:
-            validate_settings(updated, self.bot.engine.capabilities, self.bot.settings)
+            validate_models(updated, models.names)
+            default = server_model(updated, allowed_models(updated, models.names), models.default)
+            validate_settings(updated, models.capabilities(default), self.bot.settings)
         except InvalidSetting as refusal:
             await answer_privately(interaction, str(refusal))
             return
@@ -357,7 +388,7 @@ class Moderation(commands.Cog):
         await interaction.response.send_message(text, ephemeral=True)
 
     def _describe(self, policy: Policy) -> str:
-        caps = self.bot.engine.capabilities
+        caps = self.bot.models.capabilities(policy.model)
         stored = policy.stored
         values = {
             "max_steps": number(policy.max_steps),
@@ -373,6 +404,8 @@ class Moderation(commands.Cog):
             "default_steps": number(policy.default_steps),
             "nsfw": _(NSFW_LABELS[policy.nsfw]),
             "max_compare_cells": number(policy.max_compare_cells),
+            "default_model": policy.default_model,
+            "allowed_models": ", ".join(policy.models),
         }
         lines = [_("**/draw settings in this server**")]
         for f in fields(GuildSettings):

@@ -173,9 +173,11 @@ class Preferences(commands.Cog):
         bot = self.bot
         policy = await bot.jobs.policy(interaction.guild_id)
         others = replace(bot.store.user_settings(interaction.user.id), **dict.fromkeys(changes))
-        used = resolve(typed, others, policy, bot.settings, bot.engine.capabilities)
-        probe = DrawRequest(prompt="settings", **{n: used.value(n) for n in DEFAULTABLE})
-        bot.engine.validate(probe)
+        used = resolve(typed, others, policy, bot.settings, bot.models.capabilities(policy.model))
+        probe = DrawRequest(
+            prompt="settings", model=policy.model, **{n: used.value(n) for n in DEFAULTABLE}
+        )
+        bot.models.validate(probe)
         policy.check(probe)
         negative = typed.get("negative_prompt")
         if negative and interaction.guild_id is not None:
@@ -195,7 +197,7 @@ class Preferences(commands.Cog):
         bot = self.bot
         mine = bot.store.user_settings(interaction.user.id)
         policy = await bot.jobs.policy(interaction.guild_id)
-        caps = bot.engine.capabilities
+        caps = bot.models.capabilities(policy.model)
         here = interaction.guild_id
         banned = await bot.store.banned_words(here) if here is not None else []
         used = resolve({}, mine, policy, bot.settings, caps, banned)

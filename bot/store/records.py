@@ -110,6 +110,8 @@ class GuildSettings:
     default_steps: int | None = None
     nsfw: str | None = None  # one of NSFW_MODES
     max_compare_cells: int | None = None  # the most cells one /compare may draw
+    default_model: str | None = None  # a MODELS name
+    allowed_models: str | None = None  # MODELS names, comma-separated; None: all of them
 
 
 _SETTINGS_COLUMNS: Final = tuple(f.name for f in fields(GuildSettings))
