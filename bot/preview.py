@@ -71,7 +71,7 @@ def preview_settings(settings: Settings, environ: Mapping[str, str]) -> Settings
         "discord_token": None,
         "dev_guild_id": None,
     }
-    if not given("MODEL"):
+    if not given("MODEL") and not given("MODELS"):
         changes["model"] = PREVIEW_MODEL
         if not given("UPSCALER"):  # the trained 64 -> 256 px companion of tiny:shapes
             changes["upscaler"] = PREVIEW_UPSCALER
@@ -164,7 +164,13 @@ def describe(session: PreviewSession) -> str:
     """What the terminal shows once the page is up, in the current language."""
     s = session.bot.settings
     w = session.world
-    if s.model == "tiny:shapes":
+    if s.models.strip():
+        model = _(
+            "  Models: {names} (the default: {default}; /models lists what each supports).",
+            names=", ".join(session.bot.models.names),
+            default=session.bot.models.default,
+        )
+    elif s.model == "tiny:shapes":
         example = session.bot.models.capabilities().example_prompts[0]
         model = _(
             "  Model: {model} (a small model trained on coloured shapes: try “{example}”; set "

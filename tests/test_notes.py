@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from bot.cogs.draw import MAX_DESCRIPTION, Draw, prompt_description
+from bot.settings import Settings
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, Engine, example_prompts
 from pipeline.request import DrawRequest
 from pipeline.shapes import data
@@ -62,8 +63,10 @@ def test_the_prompt_description_fits_discords_limit():
 
 
 def test_sync_without_a_model_describes_draw_as_the_running_bot_does():
-    # `python -m bot sync` loads no model: the cog asks by the MODEL name.
-    bot = SimpleNamespace(settings=SimpleNamespace(model="tiny:shapes"))
+    # `python -m bot sync` loads no model: the cog asks by the default model's source.
+    bot = SimpleNamespace(
+        settings=Settings(models="sd=tiny:sd,shapes=tiny:shapes", default_model="shapes")
+    )
     cog = Draw(bot)  # type: ignore[arg-type]
     # What Command.to_dict sends for the option (as the sync payload).
     assert cog.draw._params["prompt"].to_dict() == {
