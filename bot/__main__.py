@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the bot offline in a local browser page, on a simulated Discord "
         "(the default without DISCORD_TOKEN)",
         description="Serve the real bot in a Discord-like page on 127.0.0.1, offline. "
-        "It uses the built-in tiny:shapes model unless MODEL or MODELS is set, and its own database "
-        "(data/preview.sqlite3, data/preview/) unless DB_PATH / DATA_DIR are set. "
+        "It uses the built-in tiny:shapes model unless MODEL or MODELS is set, and its own "
+        "database (data/preview.sqlite3, data/preview/) unless DB_PATH / DATA_DIR are set. "
         "Ctrl-C stops it.",
     )
     preview.add_argument(

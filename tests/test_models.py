@@ -82,7 +82,7 @@ def test_every_model_is_checked_at_start_and_only_the_default_stays_loaded(two: 
     assert two.resident() == ("sd",)
     assert two.placement("ldm") == "unloaded" and two.engine("ldm").pipe is None
     # An unloaded model still checks requests: LDM can't use a negative prompt.
-    with pytest.raises(UnsupportedOption, match="ldm .* can't use a negative prompt"):
+    with pytest.raises(UnsupportedOption, match=r"ldm .* can't use a negative prompt"):
         two.validate(req("ldm", negative_prompt="blurry", guidance=6))
     assert two.resolve(req(None)).model == "sd"
     assert two.resolve(req("ldm")).model == "ldm"
