@@ -27,13 +27,16 @@ def default_source(settings: Settings) -> str:
     return next(s.source for s in settings.model_specs() if s.name == default)
 
 
-def placement_label(models: ModelSet, name: str) -> str:
-    """Whether a model is ready to draw now, in the current locale."""
+def placement_label(models: ModelSet, name: str, *, short: bool = False) -> str:
+    """Whether a model is ready to draw now, in the current locale (``short``: a word or two,
+    for an autocomplete choice)."""
     placement = models.placement(name)
     if placement == "device":
         return _("loaded")
     if placement == "cpu":
         return _("in memory, quick to load")
+    if short:
+        return _("not loaded")
     return _("not loaded: the first drawing waits while it loads")
 
 
@@ -48,7 +51,7 @@ async def model_choices(
     for name in names:
         if typed and typed not in name.casefold():
             continue
-        notes = [placement_label(bot.models, name).split(":")[0]]
+        notes = [placement_label(bot.models, name, short=True)]
         if name == policy.default_model:
             notes.insert(0, _("default"))
         label = f"{name} ({', '.join(notes)})"

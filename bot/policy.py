@@ -185,7 +185,7 @@ def validate_models(stored: GuildSettings, names: Sequence[str]) -> None:
     ]
     if unknown:
         raise InvalidSetting(
-            N_("This bot has no model called {model}; pick from: {names}."),
+            N_("This bot has no model called {model}; pick one of: {names}."),
             model=unknown[0],
             names=", ".join(names),
         )
