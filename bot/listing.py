@@ -60,7 +60,9 @@ def describe_record(record: JobRecord, *, show_requester: bool = False) -> str:
     if record.deleted:
         parts.append(_deleted(record))
     steps = ngettext("{n} step", "{n} steps", record.steps)
-    settings = (seed, sampler_label(record.sampler), steps, when)
+    # The model's name as MODELS gives it (a proper name, the same in every language).
+    model = [plain(shorten(record.model, 40))] if record.model else []
+    settings = (*model, seed, sampler_label(record.sampler), steps, when)
     return "\n".join(
         (f"**#{record.id}** {plain(shorten(record.prompt, 60))}", " · ".join((*settings, *parts)))
     )

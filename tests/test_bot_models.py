@@ -54,13 +54,14 @@ async def test_each_model_draws_its_own_job_and_says_so(world):
     # The PNG's settings name the model, so the picture can be drawn again from them.
     assert "Model: shapes" in await parameters(shapes.response)
     assert request_from_parameters(await parameters(sd.response)).model == "sd"
-    # Each drew at its own model's size: the models really differ.
     store = world.bot.store
     assert (await store.get_job(1)).request.model == "shapes"
     assert (await store.get_job(2)).request.model == "sd"
     for r in (shapes, sd):
         picture = Image.open(io.BytesIO(await r.response.attachments[0].read()))
         assert picture.size == (64, 64)
+    history = await world.alice.slash(world.channel, "history")
+    assert "shapes · seed 3" in history.response.embeds[0].description
 
 
 async def test_autocomplete_lists_the_models_default_first_and_filters(world):
