@@ -15,6 +15,7 @@ Exits 1 when a target is missed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -60,9 +61,12 @@ class SlowSteps:
         return self.engine.run_batch(requests, on_step=step)
 
 
-def slow_loader(model: str, *, device: str, cache_dir: Path | None) -> SlowSteps:
+def slow_loader(
+    model: str, *, device: str, cache_dir: Path | None, name: str | None = None
+) -> SlowSteps:
     """Runs in the worker: shipped there by value, as this file is the driver's __main__."""
-    return SlowSteps(Engine.load(model, device=device, cache_dir=cache_dir), STEP_SLEEP_S)
+    engine = Engine.load(model, device=device, cache_dir=cache_dir, name=name)
+    return SlowSteps(engine, STEP_SLEEP_S)
 
 
 async def run_jobs(ex: Executor, jobs: list[tuple[int, DrawRequest]]) -> float:
@@ -125,8 +129,8 @@ async def main() -> int:
     quiet_library_logs()
     cache = Path(os.environ.get("EASEL_CACHE_DIR") or tempfile.mkdtemp(prefix="easel-bench-"))
     engine = Engine.load("tiny:sd", device="cpu", cache_dir=cache)  # builds the model once
-    spec = WorkerSpec("tiny:sd", device="cpu", cache_dir=cache, torch_threads=1)
-    slow = WorkerSpec("tiny:sd", device="cpu", cache_dir=cache, torch_threads=1, loader=slow_loader)
+    spec = WorkerSpec.single("tiny:sd", device="cpu", cache_dir=cache, torch_threads=1)
+    slow = dataclasses.replace(spec, loader=slow_loader)
     ok = True
 
     # 1. Scaling.

@@ -1,9 +1,12 @@
 """Drawing on Ray: one worker actor per GPU (on this machine or others), fed by one fair queue.
 
 The bot keeps the ``FairQueue`` and decides who draws next; Ray places the workers on GPUs and
-machines, restarts the ones that die and streams their results back. Each worker loads the
-model once, in its constructor, and reports its ``Capabilities``, so the bot validates requests
-(``RemoteEngine``) without a model of its own.
+machines, restarts the ones that die and streams their results back. Each worker loads every
+configured model once, in its constructor (a ``ModelSet``: at most ``max_resident`` of them
+ready on its device, the others brought in when a batch needs them), and reports each model's
+``Capabilities``, so the bot validates requests (``RemoteModels``, one ``RemoteEngine`` per
+model) without a model of its own. Each dispatcher prefers, within the fair queue's bounded
+skip, jobs whose model is ready on its own worker, so the workers do not thrash between models.
 
 One dispatcher task per worker runs on the bot's event loop: it asks the queue for the next fair
 batch only when its worker is idle, so nothing is grabbed ahead, and reads the worker's stream
@@ -33,14 +36,15 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import Capabilities, Engine
 from pipeline.errors import EaselError
-from pipeline.executor import _Stop, draw_batch
+from pipeline.executor import _Stop, draw_batch, needs_loading
+from pipeline.models import ModelSet, ModelSpec, thread_model
 from pipeline.request import DrawRequest, DrawResult
 
 if TYPE_CHECKING:
@@ -61,10 +65,15 @@ class WorkersUnavailable(EaselError):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What every worker loads. ``loader(model, device=..., cache_dir=...)`` builds the engine
-    (default ``Engine.load``); it is shipped to the workers, so it must be picklable."""
+    """What every worker loads: ``models`` (MODELS, or MODEL alone: ``WorkerSpec.single``),
+    ``default_model`` drawing requests that name none ("": the first), at most ``max_resident``
+    of them ready on a worker's device at once (0: as ``ModelSet.load`` picks for the device).
+    ``loader(source, device=..., cache_dir=..., name=...)`` builds each model's engine (default
+    ``Engine.load``); it is shipped to the workers, so it must be picklable."""
 
-    model: str
+    models: tuple[ModelSpec, ...]
+    default_model: str = ""
+    max_resident: int = 0
     device: str = "auto"
     cache_dir: Path | None = None
     torch_threads: int | None = None
@@ -72,58 +81,115 @@ class WorkerSpec:
     upscale_steps: int = 20
     loader: Callable[..., Any] | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):  # the one-model form of before: say what it is now
+            raise TypeError(
+                f"WorkerSpec takes ModelSpecs; for one model: WorkerSpec.single({self.models!r})"
+            )
+        models = tuple(self.models)
+        if not models:
+            raise ValueError("a WorkerSpec needs at least one model")
+        names = [m.name for m in models]
+        default = self.default_model or names[0]
+        if default not in names:
+            raise ValueError(f"the default model {default!r} is not among {', '.join(names)}")
+        # Frozen: the normalized values are set once, here (the default named, never "").
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "default_model", default)
+
+    @classmethod
+    def single(cls, model: str, **options: Any) -> WorkerSpec:
+        """Workers of one model (MODEL), named as it is written."""
+        return cls(models=(ModelSpec(model, model),), **options)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a worker reports of one of its models."""
+
+    name: str
+    source: str
+    capabilities: Capabilities
+    # Counts prompt tokens in the bot, as the engine would.
+    tokenizer: Any = field(repr=False, compare=False)
+    model_hash: str | None = None
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """What a worker reports once its model is loaded."""
+    """What a worker reports once its models are loaded, and after each batch it drew."""
 
-    capabilities: Capabilities
-    tokenizer: Any = field(repr=False)  # counts prompt tokens in the bot, as the engine would
+    models: tuple[ModelInfo, ...]  # in the configured order
+    default_model: str
+    resident: tuple[str, ...]  # the models ready on its device, most recently used first
     device: str
     pid: int
     node_id: str
     host: str
+
+    @property
+    def capabilities(self) -> dict[str, Capabilities]:
+        """Each model's capabilities, by name."""
+        return {m.name: m.capabilities for m in self.models}
 
 
 # -- inside the worker process ------------------------------------------------------------
 
 
 class DrawWorker:
-    """One GPU's worker, run as a Ray actor: loads the model once and draws what it is sent."""
+    """One GPU's worker, run as a Ray actor: loads every model once and draws what it is sent,
+    bringing a batch's model in first when it is not the one ready."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         # Before torch loads: the thread count changes the pictures' bits (pipeline/cpu.py).
         from pipeline.cpu import configure_cpu_threads
 
-        configure_cpu_threads(spec.torch_threads, model=spec.model)
+        configure_cpu_threads(spec.torch_threads, model=thread_model(spec.models))
         from pipeline.engine import quiet_library_logs
 
         quiet_library_logs(download_progress=False)  # the bot's log gets the workers' lines
 
-        loader = spec.loader or Engine.load
         # A model that can't load is reported by describe(), not raised: Ray keeps no more of
         # an exception raised here than its text.
         self.problem: EaselError | None = None
         try:
-            self.engine = loader(spec.model, device=spec.device, cache_dir=spec.cache_dir)
+            self.models = ModelSet.load(
+                spec.models,
+                default=spec.default_model,
+                device=spec.device,
+                cache_dir=spec.cache_dir,
+                max_resident=spec.max_resident,
+                loader=spec.loader or Engine.load,
+            )
         except EaselError as exc:
             self.problem = exc
             return
-        self.engine.attach_upscaler(
+        self.models.attach_upscaler(
             spec.upscaler, steps=spec.upscale_steps, cache_dir=spec.cache_dir
         )
 
     def describe(self) -> WorkerInfo | EaselError:
-        """What this worker can draw, or why it can't draw at all."""
+        """What this worker can draw and has ready, or why it can't draw at all."""
         import ray
 
         if self.problem is not None:
             return self.problem
-        engine = self.engine
+        models = self.models
+        engines = [models.engine(name) for name in models.names]
         return WorkerInfo(
-            capabilities=engine.capabilities,
-            tokenizer=getattr(engine, "_counting_tokenizer", None),
-            device=str(engine.device),
+            models=tuple(
+                ModelInfo(
+                    name=e.model,
+                    source=e.source,
+                    capabilities=e.capabilities,
+                    tokenizer=getattr(e, "_counting_tokenizer", None),
+                    model_hash=e.model_hash,
+                )
+                for e in engines
+            ),
+            default_model=models.default,
+            resident=models.resident(),
+            device=str(engines[0].device),
             pid=os.getpid(),
             node_id=ray.get_runtime_context().get_node_id(),
             host=socket.gethostname(),
@@ -132,28 +198,39 @@ class DrawWorker:
     def draw(
         self, requests: list[DrawRequest], pictures: dict[str, bytes]
     ) -> Iterator[tuple[Any, ...]]:
-        """Draw a batch, yielding ``("accepted",)`` as soon as this worker runs the call (the
-        bot counts the jobs' attempt only then: a worker that died, or still runs an earlier
-        call, never charges a batch it did not take), ``("step", indices, step, total)`` as it
-        goes, then ``("end", index, result | exception | None)`` for each request
-        (``("crash", exc)`` if the drawing thread itself died). A cancelled call stops at the
-        next step."""
+        """Draw a batch (one model's requests), yielding ``("accepted",)`` as soon as this
+        worker runs the call (the bot counts the jobs' attempt only then: a worker that died,
+        or still runs an earlier call, never charges a batch it did not take), then
+        ``("loading", model)`` if that model must be brought in first, ``("step", indices,
+        step, total)`` as it goes, ``("end", index, result | exception | None)`` for each
+        request (``("crash", exc)`` if the drawing thread itself died; a model that fails to
+        load ends each with ``ModelUnavailable``), and last ``("resident", names)``: the
+        models ready here now. A cancelled call stops at the next step."""
         import ray
 
         yield ("accepted",)
         context = ray.get_runtime_context()
+        model = needs_loading(self.models, requests[0])
+        if model is not None:
+            yield ("loading", model)
         if not any(r.init_image in pictures for r in requests):
-            yield from self._draw_local(context, requests, requests)
+            yield from self._draw_local(context, requests, requests, model)
             return
         # The starting pictures are written for this call only and deleted when it ends:
         # nothing of a user's pictures stays on the worker's machine.
         with tempfile.TemporaryDirectory(prefix="easel-ray-pictures-") as folder:
             local = [self._localize(r, pictures, Path(folder)) for r in requests]
-            yield from self._draw_local(context, requests, local)
+            yield from self._draw_local(context, requests, local, model)
 
     def _draw_local(
-        self, context: Any, requests: list[DrawRequest], local: list[DrawRequest]
+        self,
+        context: Any,
+        requests: list[DrawRequest],
+        local: list[DrawRequest],
+        model: str | None,
     ) -> Iterator[tuple[Any, ...]]:
+        """Draw ``local`` (``requests`` with this machine's copies of their pictures) on a
+        thread, loading ``model`` there first, and yield its events as they come."""
         events: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         stop = threading.Event()
 
@@ -164,7 +241,16 @@ class DrawWorker:
 
         def work() -> None:
             try:
-                for i, outcome in draw_batch(self.engine, local, on_step):
+                if model is not None:
+                    # No event while it loads: like the load at start, it must finish within
+                    # worker_timeout_s, or the watchdog takes the worker for hung.
+                    try:
+                        self.models.ensure(model)
+                    except Exception as exc:  # ModelUnavailable: every job of it says so
+                        for i in range(len(requests)):
+                            events.put(("end", i, _portable(exc)))
+                        return
+                for i, outcome in draw_batch(self.models, local, on_step):
                     if isinstance(outcome, DrawResult):
                         # The bot stores the picture's own path, not this worker's copy.
                         request = dataclasses.replace(
@@ -178,8 +264,8 @@ class DrawWorker:
             finally:
                 events.put(None)
 
-        # The engine calls on_step from inside its loop; a thread lets this generator yield
-        # each step as it happens.
+        # The engine calls on_step from inside its loop, and loading a model takes a while; a
+        # thread lets this generator yield each step as it happens and see a cancel meanwhile.
         thread = threading.Thread(target=work, name="easel-ray-draw", daemon=True)
         thread.start()
         try:
@@ -191,11 +277,13 @@ class DrawWorker:
                         stop.set()
                     continue
                 if event is None:
-                    return
+                    break
                 yield event
         finally:
             stop.set()
             thread.join()
+        # Which models are ready now: the bot prefers this worker for their jobs.
+        yield ("resident", self.models.resident())
 
     @staticmethod
     def _localize(request: DrawRequest, pictures: dict[str, bytes], folder: Path) -> DrawRequest:
@@ -223,21 +311,89 @@ def _portable(value: Any) -> Any:
 
 
 class RemoteEngine(Engine):
-    """Validates and resolves requests here for a model that is loaded in the Ray workers."""
+    """Validates and resolves requests here for a model that is loaded in the Ray workers.
 
-    def __init__(self, info: WorkerInfo, upscaler: Upscaler | None = None) -> None:
+    ``placement`` is "device" while some live worker has the model ready, else "unloaded"
+    (whether a worker keeps it in CPU memory meanwhile is the worker's business)."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        *,
+        device: str,
+        resident: Callable[[], Collection[str]] = tuple,
+        upscaler: Upscaler | None = None,
+    ) -> None:
         # No pipeline in this process: Engine's validation reads only what is set here.
         self.pipe = None
-        self.model = info.capabilities.model
-        self.device = info.device
+        self.model = info.name
+        self.source = info.source
+        self.model_hash = info.model_hash
+        self.device = device
+        self.cache_dir = None
         self.capabilities = info.capabilities
         self._counting_tokenizer = info.tokenizer
         self._base_scheduler = None
         self._img2img = None
         self.upscaler = upscaler
+        self._resident = resident
+
+    @property
+    def placement(self) -> str:  # what the workers last said, not an attribute of its own
+        return "device" if self.model in self._resident() else "unloaded"
+
+    @placement.setter
+    def placement(self, value: str) -> None:
+        raise AttributeError("a remote model's placement is what its workers report")
+
+    def evict(self, *, keep_in_cpu_memory: bool) -> None:
+        raise RuntimeError("this model is loaded in the Ray workers: they evict it")
+
+    def bring_back(self) -> None:
+        raise RuntimeError("this model is loaded in the Ray workers: they bring it back")
 
     def run_batch(self, requests: Sequence[DrawRequest], on_step: Any = None) -> list[DrawResult]:
         raise RuntimeError("this model is loaded in the Ray workers: draw through the executor")
+
+
+class RemoteModels(ModelSet):
+    """The workers' models, as the bot sees them: every configured one validates and resolves
+    here (``engine``, ``capabilities``, ``resolve``, ``validate``, ``attach_upscaler``, as a
+    ``ModelSet``); ``resident`` is what the live workers have ready between them. Loading and
+    drawing happen in the workers: ``ensure`` and ``run_batch`` refuse."""
+
+    def __init__(
+        self,
+        engines: Sequence[RemoteEngine],
+        *,
+        default: str,
+        max_resident: int,
+        specs: Sequence[ModelSpec],
+        resident: Callable[[], Collection[str]],
+    ) -> None:
+        self._resident_of = resident
+        super().__init__(engines, default=default, max_resident=max_resident, specs=specs)
+
+    def resident(self) -> tuple[str, ...]:
+        """The models some live worker has ready, in the configured order."""
+        ready = set(self._resident_of())
+        return tuple(name for name in self.names if name in ready)
+
+    def needs_loading(self, request: DrawRequest) -> str | None:
+        """The model ``request`` waits for if no live worker has it ready (the dispatchers ask
+        about their own worker instead: ``RayBackend`` passes each one's resident models)."""
+        if request.task == "upscale":
+            return None
+        name = request.model or self.default
+        return None if name in self.resident() else name
+
+    def ensure(self, name: str) -> Engine:
+        raise RuntimeError("the models are loaded in the Ray workers: they bring them in")
+
+    def run_batch(
+        self, requests: Sequence[DrawRequest], on_step: Callable[[int, int], None] | None = None
+    ) -> list[DrawResult]:
+        raise RuntimeError("the models are loaded in the Ray workers: draw through the executor")
 
 
 @dataclass(eq=False)
@@ -245,12 +401,14 @@ class _Worker:
     index: int
     actor: Any
     info: WorkerInfo | None = None
+    # The models ready on it, as it last said (after each batch, and in each describe()).
+    resident: tuple[str, ...] = ()
     batch: list[Job] = field(default_factory=list)
     stream: Any = None  # the running draw() call
     last_event: float = 0.0  # perf_counter of the stream's last event
     hung: bool = False
     lost: bool = False
-    # What the log was told since it was lost (that it can't load the model, that it is down).
+    # What the log was told since it was lost (that it can't load a model, that it is down).
     warned: set[str] = field(default_factory=set)
 
 
@@ -262,7 +420,7 @@ class RayBackend:
     joins a running cluster (left running by ``close``). With ``gpus_per_worker`` 0 the
     workers see no GPU and a ``device`` of "auto" means the CPU. Call ``connect`` (blocking:
     off the event loop) before handing the backend to an ``Executor``; it returns the
-    ``RemoteEngine``.
+    ``RemoteModels``.
     """
 
     def __init__(
@@ -279,7 +437,7 @@ class RayBackend:
         self.gpus_per_worker = gpus_per_worker
         self.address = address.strip()
         self.worker_timeout_s = worker_timeout_s
-        self.engine: RemoteEngine | None = None
+        self.engine: RemoteModels | None = None
         self._workers: list[_Worker] = []
         self._owns_ray = False
         self._executor: Executor | None = None
@@ -291,8 +449,8 @@ class RayBackend:
 
     # -- connecting ----------------------------------------------------------------------
 
-    def connect(self) -> RemoteEngine:
-        """Join or start Ray, start the workers and wait until each has loaded the model."""
+    def connect(self) -> RemoteModels:
+        """Join or start Ray, start the workers and wait until each has loaded every model."""
         try:
             import ray
         except ImportError:
@@ -328,7 +486,7 @@ class RayBackend:
             return dataclasses.replace(self.spec, device="cpu")
         return self.spec
 
-    def _start_workers(self, ray: Any) -> RemoteEngine:
+    def _start_workers(self, ray: Any) -> RemoteModels:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         gpus = ray.cluster_resources().get("GPU", 0.0)
@@ -365,23 +523,56 @@ class RayBackend:
                 f"s: {_first_line(exc)}"
             ) from None
         for problem in infos:
-            if isinstance(problem, EaselError):  # the model did not load: say why, as locally
+            if isinstance(problem, EaselError):  # a model did not load: say why, as locally
                 raise problem
         for worker, info in zip(self._workers, infos, strict=True):
-            worker.info = info
+            self._note(worker, info)
         first = infos[0].capabilities
-        if any(i.capabilities != first for i in infos[1:]):
-            raise WorkersUnavailable(
-                "The Ray workers loaded different models (their capabilities differ); install "
-                "the same Easel and model on every machine."
+        for info in infos[1:]:
+            differ = sorted(
+                name
+                for name in first.keys() | info.capabilities.keys()
+                if first.get(name) != info.capabilities.get(name)
             )
+            if differ:
+                raise WorkersUnavailable(
+                    f"The Ray workers loaded different models (the capabilities of "
+                    f"{', '.join(differ)} differ); install the same Easel and models on every "
+                    "machine."
+                )
         log.info(
             "%d Ray worker(s) ready: %s",
             len(infos),
-            ", ".join(f"{i.host} pid {i.pid} on {i.device}" for i in infos),
+            "; ".join(
+                f"{i.host} pid {i.pid} on {i.device}, ready: {', '.join(i.resident)}" for i in infos
+            ),
         )
-        self.engine = RemoteEngine(infos[0])
+        self.engine = self._remote_models(infos[0])
         return self.engine
+
+    def _remote_models(self, info: WorkerInfo) -> RemoteModels:
+        """The bot's view of the models ``info`` (any worker's: they agree) reports."""
+        engines = [
+            RemoteEngine(m, device=info.device, resident=self._resident_anywhere)
+            for m in info.models
+        ]
+        specs = [ModelSpec(m.name, m.source) for m in info.models]
+        return RemoteModels(
+            engines,
+            default=info.default_model,
+            max_resident=self.spec.max_resident or 1,
+            specs=specs,
+            resident=self._resident_anywhere,
+        )
+
+    def _resident_anywhere(self) -> set[str]:
+        """The models some live worker has ready."""
+        return {name for w in self._workers if not w.lost for name in w.resident}
+
+    @staticmethod
+    def _note(w: _Worker, info: WorkerInfo) -> None:
+        """What ``w`` reported: its info, and the models it has ready."""
+        w.info, w.resident = info, info.resident
 
     @property
     def workers(self) -> list[WorkerInfo | None]:
@@ -513,13 +704,26 @@ class RayBackend:
                 if not await self._answers(w):
                     return []
             with ex._lock:
-                batch = ex._take_batch()
+                # Its own ready models, not the bot-wide view: a job whose model another
+                # worker has ready should wait for that one, within the bounded skip.
+                batch = ex._take_batch(ready=self._ready_on(w))
             if batch:
                 return batch
             work.clear()
             await work.wait()
             idled = True
         return []
+
+    def _ready_on(self, w: _Worker) -> Callable[[DrawRequest], bool]:
+        """Whether ``w`` could draw a request without loading its model first."""
+        resident = frozenset(w.resident)
+        default = self.spec.default_model
+
+        def ready(request: DrawRequest) -> bool:
+            # An upscale needs no drawing model: the shared upscaler draws it.
+            return request.task == "upscale" or (request.model or default) in resident
+
+        return ready
 
     async def _answers(self, w: _Worker) -> bool:
         """Whether ``w`` answers a cheap call (within ``worker_timeout_s``); marks it lost, and
@@ -531,7 +735,7 @@ class RayBackend:
         except (RayError, OSError, TimeoutError) as exc:
             info = exc
         if isinstance(info, WorkerInfo):
-            w.info = info
+            self._note(w, info)
             return True
         log.warning("Ray worker %d does not answer: %s", w.index, _first_line(info))
         if isinstance(info, TimeoutError):
@@ -574,7 +778,7 @@ class RayBackend:
                     await asyncio.to_thread(ex._begin, batch)
                     w.last_event = time.perf_counter()
                 else:
-                    self._handle(ex, batch, event)
+                    self._handle(ex, w, batch, event)
         except TaskCancelledError:
             cancelled = True  # every job of it was cancelled; they end below
         except RayTaskError as exc:  # a fault in the worker's own code, not a lost worker
@@ -612,7 +816,7 @@ class RayBackend:
         except (RayError, OSError) as exc:
             info = exc
         if isinstance(info, WorkerInfo):
-            w.info = info
+            self._note(w, info)
             return
         w.lost = True
         log.warning(
@@ -620,9 +824,14 @@ class RayBackend:
         )
 
     @staticmethod
-    def _handle(ex: Executor, batch: list[Job], event: tuple[Any, ...]) -> None:
+    def _handle(ex: Executor, w: _Worker, batch: list[Job], event: tuple[Any, ...]) -> None:
+        """One event of ``w``'s stream (after "accepted") for ``batch``."""
         kind = event[0]
-        if kind == "step":
+        if kind == "loading":
+            ex._loading(batch, event[1])
+        elif kind == "resident":
+            w.resident = tuple(event[1])
+        elif kind == "step":
             _, indices, step, total = event
             for i in indices:
                 if not batch[i].cancelled and not ex.closing:
@@ -639,7 +848,7 @@ class RayBackend:
                     ex._fail(job, event[1])
 
     async def _revive(self, w: _Worker) -> None:
-        """Wait until Ray restarted a lost worker (it reloads the model first)."""
+        """Wait until Ray restarted a lost worker (it loads its models again first)."""
         from ray.exceptions import RayActorError
 
         try:
@@ -657,9 +866,10 @@ class RayBackend:
             log.log(level, "Ray worker %d is not back yet: %s", w.index, _first_line(info))
             await asyncio.to_thread(time.sleep, REVIVE_DELAY_S)  # real time, whatever the loop's
             return
-        w.info, w.lost = info, False
+        self._note(w, info)  # restarted: it has the default model ready again
+        w.lost = False
         w.warned.clear()
-        log.info("Ray worker %d is back: %s pid %d", w.index, w.info.host, w.info.pid)
+        log.info("Ray worker %d is back: %s pid %d", w.index, info.host, info.pid)
 
     def _restart(self, w: _Worker) -> None:
         """Kill a stuck worker; Ray starts it again."""

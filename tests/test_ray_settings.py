@@ -62,7 +62,7 @@ def test_a_bad_ray_setting_stops_the_start_with_one_line(
 def test_executor_ray_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     with pytest.raises(WorkersUnavailable, match=r"pip install 'ray==2\.60\.0'"):
-        RayBackend(WorkerSpec("tiny:sd")).connect()
+        RayBackend(WorkerSpec.single("tiny:sd")).connect()
 
 
 @pytest.mark.parametrize(
@@ -115,10 +115,11 @@ def test_a_worker_timeout_that_is_not_a_finite_positive_number_is_refused(value)
 
 
 def test_gpus_per_worker_0_loads_the_model_on_the_cpu_when_the_device_is_auto():
-    assert RayBackend(WorkerSpec("tiny:sd"), gpus_per_worker=0)._worker_spec().device == "cpu"
-    on_gpu = RayBackend(WorkerSpec("tiny:sd"), gpus_per_worker=0.5)._worker_spec()
+    on_cpu = RayBackend(WorkerSpec.single("tiny:sd"), gpus_per_worker=0)._worker_spec()
+    assert on_cpu.device == "cpu"
+    on_gpu = RayBackend(WorkerSpec.single("tiny:sd"), gpus_per_worker=0.5)._worker_spec()
     assert on_gpu.device == "auto"
-    chosen = RayBackend(WorkerSpec("tiny:sd", device="cuda:1"), gpus_per_worker=0)
+    chosen = RayBackend(WorkerSpec.single("tiny:sd", device="cuda:1"), gpus_per_worker=0)
     assert chosen._worker_spec().device == "cuda:1"  # said outright: kept (and fails there)
 
 
@@ -143,8 +144,21 @@ def test_a_failed_start_shuts_down_the_ray_it_started(fault, monkeypatch):
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", shutdown)
     monkeypatch.setattr(ray, "cluster_resources", cluster_resources)
-    backend = RayBackend(WorkerSpec("tiny:sd"), gpus_per_worker=0)
+    backend = RayBackend(WorkerSpec.single("tiny:sd"), gpus_per_worker=0)
     with pytest.raises(type(fault)):
         backend.connect()
     # "local": a Ray of its own, not one that `ray start` runs on this machine.
     assert calls == ["init local", "shutdown"] and not backend._owns_ray
+
+
+def test_a_worker_spec_names_its_default_model_and_refuses_one_it_does_not_load():
+    from pipeline.models import ModelSpec
+
+    two = (ModelSpec("shapes", "tiny:shapes"), ModelSpec("sd", "tiny:sd"))
+    assert WorkerSpec(two).default_model == "shapes"  # none given: the first
+    assert WorkerSpec(two, default_model="sd", max_resident=1).default_model == "sd"
+    assert WorkerSpec.single("tiny:sd").models == (ModelSpec("tiny:sd", "tiny:sd"),)
+    with pytest.raises(ValueError, match="the default model 'ldm' is not among shapes, sd"):
+        WorkerSpec(two, default_model="ldm")
+    with pytest.raises(TypeError, match=r"WorkerSpec\.single\('tiny:sd'\)"):
+        WorkerSpec("tiny:sd")  # type: ignore[arg-type]  # the one-model form of before
