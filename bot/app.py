@@ -261,11 +261,13 @@ class EaselBot(commands.Bot):
 
 
 def _ray_backend(s: Settings) -> RayBackend:
-    """The Ray workers EXECUTOR=ray draws on; each loads the model itself."""
+    """The Ray workers EXECUTOR=ray draws on; each loads every model itself."""
     from pipeline.ray_backend import RayBackend, WorkerSpec
 
     spec = WorkerSpec(
-        s.model,
+        s.model_specs(),
+        default_model=s.default_model_name,
+        max_resident=s.max_resident_models,
         device=s.device,
         cache_dir=s.model_cache_dir,
         torch_threads=s.torch_threads,

@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from bot.store import InvalidTransition, Store  # noqa: E402
-from pipeline.engine import Engine  # noqa: E402
+from pipeline.engine import DEFAULT_MODEL, Engine  # noqa: E402
 from pipeline.errors import ModelLoadError, UnsupportedOption  # noqa: E402
 from pipeline.executor import Executor, JobOutcome  # noqa: E402
 from pipeline.fairqueue import Job  # noqa: E402
@@ -454,6 +454,11 @@ async def test_jobs_for_two_models_on_one_worker_are_each_drawn_by_their_own_mod
         assert outcome.result.request.model == request.model
         alone = local_models.run_batch([ex.engine.resolve(request)])[0]
         assert_close_images(outcome.result.images[0], alone.images[0])
+    # The worker's last event (what it has loaded now) may still be on its way to the loop.
+    for _ in range(200):
+        if solo._workers[0].resident == ("shapes",):
+            break
+        await asyncio.sleep(0.05)
     assert solo.workers[0] is not None and solo._workers[0].resident == ("shapes",)
     assert solo.engine.resident() == ("shapes",) and not solo.engine.engine("sd").ready
 
@@ -639,43 +644,25 @@ def _zombie(pid: int) -> bool:
 
 
 @pytest.fixture
-def bot_settings(bot_settings, cluster, monkeypatch):
-    # Until bot/ holds a ModelSet (that change is in flight): the bot builds its workers as
-    # bot/app.py is to, and is handed the default model's engine, as from MODEL alone.
-    import bot.app
-
-    def ray_backend(s):
-        spec = WorkerSpec(
-            s.model_specs(),
-            default_model=s.default_model_name,
-            max_resident=s.max_resident_models,
-            device=s.device,
-            cache_dir=s.model_cache_dir,
-            torch_threads=s.torch_threads,
-            upscaler=s.upscaler,
-            upscale_steps=s.upscale_steps,
-        )
-        backend = RayBackend(
-            spec,
-            workers=s.workers,
-            gpus_per_worker=s.gpus_per_worker,
-            address=s.ray_address,
-            worker_timeout_s=s.worker_timeout_s,
-        )
-        connect = backend.connect
-        monkeypatch.setattr(backend, "connect", lambda: connect().engine())
-        return backend
-
-    monkeypatch.setattr(bot.app, "_ray_backend", ray_backend)
+def bot_settings(bot_settings, cluster):
     # One worker without a GPU: it runs wherever Ray has room, whatever the tests above left.
-    return dataclasses.replace(bot_settings, executor="ray", workers=1, gpus_per_worker=0)
+    # Two models (sd the default), one loaded at a time in the worker.
+    return dataclasses.replace(
+        bot_settings,
+        executor="ray",
+        workers=1,
+        gpus_per_worker=0,
+        model=DEFAULT_MODEL,
+        models="sd=tiny:sd,shapes=tiny:shapes",
+        max_resident_models=1,
+    )
 
 
 async def test_the_bot_draws_on_ray_and_resumes_queued_jobs_after_a_restart(world, make_bot):
     from bot.store import JobRecord
 
     env, bot = world.env, world.bot
-    assert isinstance(bot.executor.backend, RayBackend) and bot.engine.pipe is None
+    assert isinstance(bot.executor.backend, RayBackend) and bot.models.engine().pipe is None
     r = await world.alice.slash(world.channel, "draw", prompt="a cat", seed=3, steps=6)
     await world.idle()
     edits = [
@@ -700,3 +687,12 @@ async def test_the_bot_draws_on_ray_and_resumes_queued_jobs_after_a_restart(worl
     posted = [m for m in world.channel.history() if m.embeds]
     assert sorted(m.embeds[0].footer.text for m in posted) == ["Job #1", "Job #2", "Job #3"]
     assert [(await new.store.get_job(i)).status for i in (2, 3)] == ["done", "done"]
+
+    # The other model: the worker loads it (the member is told), the embed names it.
+    other = await world.alice.slash(world.channel, "draw", prompt="a red circle", model="shapes")
+    await world.idle()
+    assert {f.name: f.value for f in other.response.embeds[0].fields}["Model"] == "shapes"
+    assert "Loading shapes…" in [
+        e.json.get("content") for e in env.http_requests if e.method == "PATCH" and e.json
+    ]
+    assert new.models.resident() == ("shapes",)
