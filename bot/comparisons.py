@@ -150,7 +150,13 @@ class CompareMixin:
         async def _gave_up(self, job: Job, reason: str) -> None: ...
         async def publish(self, job: Job, **message: Any) -> discord.Message | None: ...
         async def _say_queued(
-            self, delivery: Delivery, ticket: int, what: str, guild_id: int | None
+            self,
+            delivery: Delivery,
+            ticket: int,
+            what: str,
+            guild_id: int | None,
+            *,
+            loads: str | None = None,
         ) -> None: ...
         async def _may_reroll(
             self, interaction: discord.Interaction, record: JobRecord
@@ -219,7 +225,13 @@ class CompareMixin:
         what = messages.ngettext(
             "comparison #{id} ({n} cell)", "comparison #{id} ({n} cells)", run.size, id=compare_id
         )
-        await self._say_queued(delivery, cell_ids[0], what, interaction.guild_id)
+        await self._say_queued(
+            delivery,
+            cell_ids[0],
+            what,
+            interaction.guild_id,
+            loads=self.models.needs_loading(comparison.base),
+        )
         return compare_id
 
     async def _admit_comparison(

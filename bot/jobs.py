@@ -192,11 +192,19 @@ class JobRunner(CompareMixin):
             return job_id
         self._last_start[(interaction.guild_id, user.id)] = self._clock()
         what = Message(N_("job #{job}"), job=job_id)
-        await self._say_queued(delivery, job_id, what, interaction.guild_id)
+        await self._say_queued(
+            delivery, job_id, what, interaction.guild_id, loads=self.models.needs_loading(request)
+        )
         return job_id
 
     async def _say_queued(
-        self, delivery: Delivery, ticket: int, what: str, guild_id: int | None
+        self,
+        delivery: Delivery,
+        ticket: int,
+        what: str,
+        guild_id: int | None,
+        *,
+        loads: str | None = None,
     ) -> None:
         """ "Queued as <what>: 2 ahead of you.", and why it waits if drawing is paused; nothing
         when it started already. In the server's language (``what`` is a ``Message``)."""
@@ -214,6 +222,9 @@ class JobRunner(CompareMixin):
             )
         else:
             text = Message(N_("Queued as {what}: you're next."), what=what)
+        if loads is not None:  # the model it needs is not loaded now: its start takes longer
+            later = Message(N_("{model} will be loaded for it first."), model=loads)
+            text = Message(N_("{queued} {paused}"), queued=text, paused=later)
         if self.executor.paused:
             why = Message(N_("The bot's operator has paused drawing; it starts when they resume."))
             text = Message(N_("{queued} {paused}"), queued=text, paused=why)

@@ -126,7 +126,8 @@ async def test_one_model_at_a_time_alternates_fairly_and_never_mixes_a_batch(wor
 
     monkeypatch.setattr(bot.models, "run_batch", spy)
     bot.executor.pause()
-    await world.bob.slash(world.channel, "draw", prompt="bob 1", seed=1, model="sd")
+    first = await world.bob.slash(world.channel, "draw", prompt="bob 1", seed=1, model="sd")
+    assert "sd will be loaded for it first." in first.response.content
     for i in (1, 2, 3):
         await world.alice.slash(world.channel, "draw", prompt=f"alice {i}", seed=i)
     for i in (2, 3):
