@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/compare_fairness.py
 	$(PY) bench/ray_scaling.py
 	$(PY) bench/real_size.py --quick --compile cuda
+	$(PY) bench/model_switch.py --quick
 
 # Retrain the built-in tiny:shapes model into pipeline/shapes/weights (resumes if stopped).
 train-shapes: $(STAMP)
