@@ -198,6 +198,16 @@ class Engine:
             self.placement = "unloaded"
         _release_device_memory()
 
+    def unload(self) -> None:
+        """Drop the weights wherever they are (on the device or waiting in CPU memory)."""
+        if self.placement == "unloaded":
+            return
+        self._img2img = None
+        self.pipe = None
+        self._base_scheduler = None
+        self.placement = "unloaded"
+        _release_device_memory()
+
     def bring_back(self) -> None:
         """Make the weights ready on the device again (from CPU memory, or from the disk)."""
         if self.placement == "device":

@@ -135,6 +135,8 @@ class ModelSet:
         self.specs = tuple(specs) or tuple(ModelSpec(e.model, e.source) for e in engines)
         # Names of the models ready on the device, least recently used first.
         self._lru = [e.model for e in engines if e.ready]
+        # Names of the evicted models waiting in CPU memory, the longest waiting first.
+        self._waiting = [e.model for e in engines if e.placement == "cpu"]
         self._lock = threading.Lock()
         self.upscaler: Any = None
 
@@ -163,6 +165,10 @@ class ModelSet:
         engines: list[Engine] = []
         models: ModelSet | None = None
         for spec in ordered:
+            if models is not None:
+                # Room first, then the next model: a device sized for max_resident models may
+                # not hold one more, even while it loads (a GPU under 16 GB keeps 1).
+                models._fit(keep=None, room_for=1)
             started = time.perf_counter()
             engine = load(spec.source, device=device, cache_dir=cache_dir, name=spec.name)
             log.info(
@@ -262,8 +268,10 @@ class ModelSet:
                 self._lru.remove(name)
                 self._lru.append(name)
                 return engine
-        self._fit(keep=None, room_for=1)
+        self._fit(keep=None, room_for=1, coming=name)
         started = time.perf_counter()
+        if name in self._waiting:
+            self._waiting.remove(name)
         try:
             engine.bring_back()
         except Exception as exc:
@@ -282,8 +290,9 @@ class ModelSet:
             self._lru.append(name)
         return engine
 
-    def _fit(self, *, keep: str | None, room_for: int = 0) -> None:
-        """Evict the least recently used models until ``room_for`` more fit."""
+    def _fit(self, *, keep: str | None, room_for: int = 0, coming: str | None = None) -> None:
+        """Evict the least recently used models until ``room_for`` more fit (``coming``: the
+        model about to be brought in, whose copy in CPU memory must stay for that)."""
         while True:
             with self._lock:
                 over = len(self._lru) + room_for - self.max_resident
@@ -293,9 +302,26 @@ class ModelSet:
                 victim = candidates[0]
                 self._lru.remove(victim)
             engine = self._engines[victim]
-            keep_in_cpu = self._cpu_has_room(engine.weight_bytes())
+            keep_in_cpu = engine.device != "cpu" and self._make_cpu_room(
+                engine.weight_bytes(), spare=coming
+            )
             engine.evict(keep_in_cpu_memory=keep_in_cpu)
+            if engine.placement == "cpu":
+                self._waiting.append(victim)
             log.info("model %s gave way (now %s)", victim, engine.placement)
+
+    def _make_cpu_room(self, size: int, *, spare: str | None = None) -> bool:
+        """Whether ``size`` bytes of evicted weights can wait in CPU memory, dropping the
+        copies waiting there longest (but ``spare``'s) if that makes the room: they would
+        only be read from the disk again."""
+        while not self._cpu_has_room(size):
+            older = [n for n in self._waiting if n != spare]
+            if not older:
+                return False
+            self._waiting.remove(older[0])
+            self._engines[older[0]].unload()
+            log.info("model %s left CPU memory to make room", older[0])
+        return True
 
     @staticmethod
     def _cpu_has_room(size: int) -> bool:

@@ -164,3 +164,46 @@ def test_a_checkpoint_file_has_a1111s_hash_and_the_png_says_it(tmp_path):
         model_hash=expected,
     )
     assert f"Size: 64x64, Model hash: {expected}, Model: mine" in text
+
+
+# -- on a GPU: evicted weights wait in CPU memory while there is room ----------------------
+
+
+def test_evicted_models_wait_in_cpu_memory_while_it_has_room(model_cache, monkeypatch, sd_engine):
+    """No GPU here: the device is named "cpu:0", which the engine does not take for the CPU,
+    so eviction takes the GPU's path (moving the weights to "cpu"). The machine's free memory
+    is a budget set by the test, less what the copies waiting in it take: room for one."""
+    import pipeline.models as models_module
+    from pipeline.engine import Engine
+
+    def on_gpu(source: str, **kw) -> Engine:
+        engine = Engine.load(source, **{**kw, "device": "cpu"})
+        gpu = Engine(engine.pipe, engine.source, device="cpu:0", name=kw.get("name"))
+        gpu.pipe.to("cpu:0")
+        engines[gpu.model] = gpu
+        return gpu
+
+    size = sd_engine.weight_bytes()
+    budget = {"bytes": models_module.CPU_MEMORY_HEADROOM + size * 3 // 2}
+    specs = [ModelSpec(n, "tiny:sd") for n in ("a", "b", "c")]
+    engines: dict[str, Engine] = {}
+
+    def free() -> int:
+        waiting = sum(e.weight_bytes() for e in engines.values() if e.placement == "cpu")
+        return budget["bytes"] - waiting
+
+    monkeypatch.setattr(models_module, "available_cpu_memory", free)
+    models = ModelSet.load(
+        specs, default="c", device="cpu:0", cache_dir=model_cache, max_resident=1, loader=on_gpu
+    )
+    # a waited in CPU memory until b needed its room: one copy fits.
+    assert [models.placement(n) for n in "abc"] == ["unloaded", "cpu", "device"]
+    models.ensure("a")  # c gives way: b (waiting longest) leaves CPU memory for it
+    assert [models.placement(n) for n in "abc"] == ["device", "unloaded", "cpu"]
+    # c's copy, about to come back, is not dropped for a's; both would be in CPU memory for a
+    # moment, and there is room for one, so a is dropped.
+    models.ensure("c")
+    assert [models.placement(n) for n in "abc"] == ["unloaded", "unloaded", "device"]
+    budget["bytes"] = 10 * size + models_module.CPU_MEMORY_HEADROOM
+    models.ensure("b")  # room again: c waits in CPU memory
+    assert [models.placement(n) for n in "abc"] == ["unloaded", "device", "cpu"]
