@@ -690,10 +690,30 @@ class CompareMixin:
             try:
                 cells = await self.store.comparison_cells(record.id)
                 handled.update(c.id for c in cells)
+                if self.models.find(record.request.model) is None:
+                    # The operator removed its model from MODELS while it waited.
+                    log.warning("comparison %s not resumed: its model is gone", record.id)
+                    # In the background: this runs before the bot is ready, and posting waits
+                    # for that.
+                    self._start_background(
+                        self._abandon(
+                            record,
+                            Message(
+                                N_(
+                                    "⚠️ Comparison #{id} was not finished: its model {model} was "
+                                    "removed from the bot while it waited. Draw it again with "
+                                    "/compare; /models lists the models."
+                                ),
+                                id=record.id,
+                                model=record.request.model,
+                            ),
+                        )
+                    )
+                    continue
                 queued += await self._resume(record, cells)
             except Exception:
                 log.exception("could not resume comparison %s", record.id)
-                await self._abandon(record)
+                self._start_background(self._abandon(record))
         for record in records:
             # A cell whose comparison is over (or gone) has nothing to join: stop it.
             if record.compare_id is not None and record.id not in handled:
@@ -702,8 +722,9 @@ class CompareMixin:
                     await self.store.mark_cancelled(record.id)
         return queued, handled
 
-    async def _abandon(self, record: JobRecord) -> None:
-        """A comparison that can't be resumed: end it and its unfinished cells, and say so."""
+    async def _abandon(self, record: JobRecord, why: str | None = None) -> None:
+        """A comparison that can't be resumed: end it and its unfinished cells, and say so
+        (``why``: the message, if not that the error was logged)."""
         with contextlib.suppress(Exception):
             for cell in await self.store.comparison_cells(record.id):
                 if not cell.finished:
@@ -714,7 +735,8 @@ class CompareMixin:
                 self.bot, channel_id=record.channel_id, user_id=record.user_id, locale=record.locale
             )
             await delivery.final(
-                content=Message(
+                content=why
+                or Message(
                     N_(
                         "⚠️ Comparison #{id} failed: it could not be resumed after a restart; "
                         "the error has been logged."
@@ -759,9 +781,8 @@ class CompareMixin:
                 await self.store.mark_failed(row.id, reason)
                 run.missing[cell.index] = "failed"
             else:
+                # Found: the comparison's model (checked before resuming), by its name now.
                 model = self.models.find(row.request.model)
-                if model is None:  # removed from MODELS while it waited: resumed it can't be
-                    raise ValueError(f"its model {row.request.model} is no longer configured")
                 again.append((cell, replace(row.request, model=model)))
                 started[cell.index] = row.attempts
         if again:

@@ -53,6 +53,8 @@ class Delivery:
         self.interaction = interaction
         self.lock = asyncio.Lock()
         self.finished = False
+        # The newest progress text waiting for the edit in progress to end.
+        self._next_status: str | None = None
         self.failure: str | None = None
         self._locale: str | None = locale
 
@@ -76,19 +78,23 @@ class Delivery:
 
     async def status(self, text: str) -> None:
         """Show queue position or progress (a ``Message`` is translated into the server's
-        language); never fails the job, dropped if an edit is busy."""
-        if self.finished or not self._live() or self.lock.locked():
+        language); never fails the job. While an edit is busy the newest text waits and is
+        shown when it ends (the ones between are skipped: Discord rate-limits edits)."""
+        if self.finished or not self._live():
             return
+        self._next_status = text
+        if self.lock.locked():
+            return  # the edit in progress sends it
         async with self.lock:
-            if self.finished:
-                return
-            with in_locale(await self.locale()):
-                content = localize(text)
-            try:
-                assert self.interaction is not None
-                await self.interaction.edit_original_response(content=content)
-            except discord.HTTPException as exc:
-                log.debug("progress edit failed: %s", exc)
+            while self._next_status is not None and not self.finished:
+                text, self._next_status = self._next_status, None
+                with in_locale(await self.locale()):
+                    content = localize(text)
+                try:
+                    assert self.interaction is not None
+                    await self.interaction.edit_original_response(content=content)
+                except discord.HTTPException as exc:
+                    log.debug("progress edit failed: %s", exc)
 
     async def final(self, **message: Any) -> discord.Message | None:
         """Post the final message: edit the interaction's response, or send it to the channel,

@@ -4,7 +4,7 @@ run on every request before it is queued."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.errors import InvalidSetting, OverServerLimit
 from bot.settings import Settings
@@ -60,8 +60,10 @@ class Policy:
         the bot has (default: that one), ``bot_default``: the bot's default among them."""
         names = tuple(models) or (caps.model,)
         allowed = allowed_models(stored, names)
-        max_steps = stored.max_steps or caps.max_steps
-        max_side = stored.max_side or caps.max_side
+        # A server's limits were checked against its default model: another model of the bot
+        # may allow less, and its own limits hold too.
+        max_steps = min(stored.max_steps or caps.max_steps, caps.max_steps)
+        max_side = min(stored.max_side or caps.max_side, caps.max_side)
         return cls(
             model=caps.model,
             models=allowed,
@@ -69,7 +71,7 @@ class Policy:
             stored=stored,
             max_steps=max_steps,
             max_side=max_side,
-            max_count=stored.max_count or caps.max_count,
+            max_count=min(stored.max_count or caps.max_count, caps.max_count),
             max_queued_per_user=stored.max_queued_per_user or settings.max_queued_per_user,
             cooldown_s=stored.cooldown_s or 0,
             # A server that lowers the max steps below the bot's default must not see a request
@@ -173,6 +175,17 @@ def server_model(stored: GuildSettings, allowed: Sequence[str], bot_default: str
 def split_names(text: str) -> list[str]:
     """Model names typed as a list: "sd15, shapes" or "sd15 shapes"."""
     return [n for n in text.replace(",", " ").split() if n]
+
+
+def without_removed_models(stored: GuildSettings, names: Sequence[str]) -> GuildSettings:
+    """The server's settings less the models the bot no longer has (removed from MODELS since
+    they were saved): what drawing goes by already, and what a moderator's next change keeps."""
+    default = stored.default_model if stored.default_model in names else None
+    allowed = stored.allowed_models
+    if allowed is not None:
+        kept = [n for n in split_names(allowed) if n in names]
+        allowed = ", ".join(kept) if kept else None
+    return replace(stored, default_model=default, allowed_models=allowed)
 
 
 def validate_models(stored: GuildSettings, names: Sequence[str]) -> None:

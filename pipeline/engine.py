@@ -212,14 +212,22 @@ class Engine:
         """Make the weights ready on the device again (from CPU memory, or from the disk)."""
         if self.placement == "device":
             return
-        if self.placement == "unloaded":
-            self.pipe = _load_text_to_image(
-                self.source, device=self.device, cache_dir=self.cache_dir
-            )
-            self.pipe.set_progress_bar_config(disable=True)
-            self._base_scheduler = self.pipe.scheduler
-        else:
-            self.pipe.to(self.device)
+        try:
+            if self.placement == "unloaded":
+                self.pipe = _load_text_to_image(
+                    self.source, device=self.device, cache_dir=self.cache_dir
+                )
+                self.pipe.set_progress_bar_config(disable=True)
+                self._base_scheduler = self.pipe.scheduler
+            else:
+                self.pipe.to(self.device)
+        except BaseException:
+            # Half moved or half loaded (out of memory midway, say): drop it all, or its parts
+            # on the device would hold memory that no eviction knows about.
+            self._img2img = self.pipe = self._base_scheduler = None
+            self.placement = "unloaded"
+            _release_device_memory()
+            raise
         self.placement = "device"
 
     # -- capabilities --------------------------------------------------------------------

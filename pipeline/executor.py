@@ -338,8 +338,9 @@ class Executor:
             if job.on_loading is not None and not job.cancelled:
                 self._dispatch(job, job.on_loading, (model,), done=False)
 
-    def _begin(self, batch: list[Job]) -> None:
-        """Before a batch draws, off the loop: count the attempt, record it, report step 0."""
+    def _begin(self, batch: list[Job], *, report: bool = True) -> None:
+        """Before a batch draws, off the loop: count the attempt, record it, report step 0
+        (unless ``report`` is off: its model loads first, and says so)."""
         with self._lock:
             for job in batch:
                 job.attempts += 1
@@ -348,6 +349,10 @@ class Executor:
                 self.on_start([job.ticket for job in batch])
             except Exception:
                 log.exception("recording the start of jobs %s failed", [j.ticket for j in batch])
+        if report:
+            self._report_start(batch)
+
+    def _report_start(self, batch: Sequence[Job]) -> None:
         for job in batch:
             self._progress(job, 0, job.request.steps, force=True)
 
@@ -636,8 +641,8 @@ class LocalBackend:
                     self._spawn_locked()
 
     def _run(self, ex: Executor, batch: list[Job]) -> None:
-        ex._begin(batch)
         model = needs_loading(ex.engine, batch[0].request)
+        ex._begin(batch, report=model is None)
         if model is not None:
             ex._loading(batch, model)
             try:
@@ -646,6 +651,7 @@ class LocalBackend:
                 for job in batch:
                     ex._fail(job, exc)
                 return
+            ex._report_start(batch)
 
         def on_step(indices: list[int], step: int, total: int) -> None:
             if ex._closing or all(batch[i].cancelled for i in indices):

@@ -232,3 +232,33 @@ async def test_jobs_from_the_one_model_days_find_their_model_by_its_source(world
     finally:
         await shut_down(single)
         await shut_down(named)
+
+
+async def test_models_removed_since_a_server_chose_them_block_nothing(world, bot_settings):
+    """A server picked sd; the operator removed it. Drawing falls back to the bot's default,
+    a moderator's next change saves (the stale name is dropped), and a comparison queued for
+    sd when the bot went down is ended saying why."""
+    env = world.env
+    admins = world.guild.create_role(
+        "Admins", permissions=discord.Permissions(manage_guild=True, manage_messages=True)
+    )
+    boss = world.guild.add_member(env.create_user("boss"), roles=[admins])
+    await boss.slash(world.channel, "mod settings set", default_model="sd", allowed_models="sd")
+    world.bot.executor.pause()
+    await world.alice.slash(world.channel, "compare", prompt="a fox", steps="2, 3")
+    await shut_down(world.bot)
+    fewer = create_bot(replace(bot_settings, models="shapes=tiny:shapes", default_model=""))
+    try:
+        await env.restart_bot(fewer)
+        await world.idle()
+        ended = [m.content for m in world.channel.history() if "Comparison #1" in m.content]
+        assert ended and "its model sd was removed from the bot while it waited" in ended[0]
+        saved = await boss.slash(world.channel, "mod settings set", cooldown=5)
+        assert "Saved." in saved.response.content
+        assert "Default model: shapes (default)" in saved.response.content
+        assert "Allowed models: shapes (default)" in saved.response.content
+        drawn = await world.alice.slash(world.channel, "draw", prompt="a red circle", seed=1)
+        await world.idle()
+        assert fields(drawn.response)["Model"] == "shapes"
+    finally:
+        await shut_down(fewer)

@@ -207,3 +207,63 @@ def test_evicted_models_wait_in_cpu_memory_while_it_has_room(model_cache, monkey
     budget["bytes"] = 10 * size + models_module.CPU_MEMORY_HEADROOM
     models.ensure("b")  # room again: c waits in CPU memory
     assert [models.placement(n) for n in "abc"] == ["unloaded", "device", "cpu"]
+
+
+def test_a_model_that_fails_halfway_back_leaves_nothing_on_the_device(model_cache):
+    """A move back to the GPU that fails midway (out of memory, say) must not leave parts of
+    the model there that no eviction knows about ("cpu:0" stands in for the GPU, as above)."""
+    from pipeline.engine import Engine
+
+    loaded = Engine.load("tiny:sd", device="cpu", cache_dir=model_cache)
+    engine = Engine(loaded.pipe, loaded.source, device="cpu:0", name="sd")
+    engine.evict(keep_in_cpu_memory=True)
+    assert engine.placement == "cpu"
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated: no GPU here)")
+
+    engine.pipe.to = out_of_memory
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.bring_back()
+    assert engine.placement == "unloaded" and engine.pipe is None and engine.weight_bytes() == 0
+
+
+async def test_the_newest_progress_waits_for_the_edit_in_progress_and_is_shown():
+    """Discord edits take a while; "Loading sd…" sent during the edit of "Drawing job #1…"
+    must still be shown (the ones between are skipped, the newest never)."""
+    from bot.delivery import Delivery
+
+    shown: list[str] = []
+    release = asyncio.Event()
+
+    class Interaction:  # stands in for discord.py's: only what status() uses
+        def is_expired(self) -> bool:
+            return False
+
+        async def edit_original_response(self, *, content: str) -> None:
+            shown.append(content)
+            await release.wait()
+
+    delivery = Delivery(None, channel_id=1, user_id=2, interaction=Interaction(), locale="en-US")  # type: ignore[arg-type]
+    first = asyncio.create_task(delivery.status("Drawing job #1…"))
+    await asyncio.sleep(0)
+    await delivery.status("Drawing… 1/4")  # skipped: a newer one comes before the edit ends
+    await delivery.status("Loading sd…")
+    release.set()
+    await first
+    assert shown == ["Drawing job #1…", "Loading sd…"]
+
+
+def test_a_servers_limits_never_exceed_the_chosen_models_own(sd_engine):
+    """Limits set against the server's default model (a larger one, say) still fit a smaller
+    model: a member's default size is then brought within it, not refused."""
+    from dataclasses import replace
+
+    from bot.policy import Policy
+    from bot.store import GuildSettings
+
+    caps = replace(sd_engine.capabilities, model="small", max_side=128, max_steps=40, max_count=2)
+    stored = GuildSettings(max_side=1536, max_steps=150, max_count=4)
+    policy = Policy.build(stored, caps, Settings(model="tiny:sd"), models=("big", "small"))
+    assert (policy.max_side, policy.max_steps, policy.max_count) == (128, 40, 2)
+    assert policy.model == "small" and policy.models == ("big", "small")

@@ -22,6 +22,7 @@ from bot.policy import (
     split_names,
     validate_models,
     validate_settings,
+    without_removed_models,
 )
 from bot.replies import answer_privately
 from bot.store import EVERYWHERE, GuildSettings, PurgeRecord
@@ -325,7 +326,7 @@ class Moderation(commands.Cog):
             "default_steps": default_steps,
             "nsfw": nsfw.value if nsfw else None,
             "max_compare_cells": max_compare_cells,
-            "default_model": default_model.strip() if default_model else None,
+            "default_model": (default_model.strip() or None) if default_model else None,
             # Kept as typed (names checked on saving), written the one way /mod settings shows.
             "allowed_models": ", ".join(split_names(allowed_models)) if allowed_models else None,
         }
@@ -373,8 +374,9 @@ class Moderation(commands.Cog):
         guild_id = interaction.guild_id
         assert guild_id is not None
         store = self.bot.store
-        updated = change(await store.guild_settings(guild_id))
         models = self.bot.models
+        # Models removed from MODELS since they were set here must not block every change.
+        updated = change(without_removed_models(await store.guild_settings(guild_id), models.names))
         try:
             validate_models(updated, models.names)
             default = server_model(updated, allowed_models(updated, models.names), models.default)
