@@ -200,9 +200,9 @@ class FairQueue:
         as running until ``finish``. Empty when nothing may start.
 
         ``ready(request)``: whether a job could start without loading its model. The first
-        such job goes ahead of those before it in the fair order, unless one of them already
-        gave up ``MAX_PASSES`` turns that way: then the head goes first, and its model is
-        loaded."""
+        such job among the users' next jobs goes ahead of those before it in the fair order,
+        unless one of them already gave up ``MAX_PASSES`` turns that way: then the head goes
+        first, and its model is loaded."""
         if not self.ready():
             return []
         self._rotation.extend(self._held)  # the last batch's users: to the back of the round
@@ -234,7 +234,13 @@ class FairQueue:
     def _preferred(order: list[Job], ready: Callable[[DrawRequest], bool]) -> int:
         """Where the batch starts in ``order``: the first job ready to draw, if the jobs before
         it may still give up a turn; else 0."""
+        seen: set[int] = set()
         for i, job in enumerate(order):
+            if job.user_id in seen:
+                # Past every user's first job: a member's later job never goes ahead of their
+                # earlier one, so their pictures still come in the order they asked.
+                break
+            seen.add(job.user_id)
             if ready(job.request):
                 return i
             if job.passed >= MAX_PASSES:

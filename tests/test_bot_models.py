@@ -262,3 +262,25 @@ async def test_models_removed_since_a_server_chose_them_block_nothing(world, bot
         assert fields(drawn.response)["Model"] == "shapes"
     finally:
         await shut_down(fewer)
+
+
+async def test_a_members_default_may_suit_another_model_they_can_pick(world, bot_settings):
+    """The server draws with LDM, which runs no Euler; a member who mostly picks sd may still
+    make Euler their default, and a /draw with LDM gives way with a note."""
+    env = world.env
+    await shut_down(world.bot)
+    mixed = create_bot(replace(bot_settings, models="ldm=tiny:ldm,sd=tiny:sd", default_model=""))
+    try:
+        await env.restart_bot(mixed)
+        saved = await world.alice.slash(world.channel, "settings set", sampler="euler")
+        assert saved.ephemeral and saved.response.content.startswith("Saved.")
+        with_sd = await world.alice.slash(world.channel, "draw", prompt="a fox", model="sd")
+        with_ldm = await world.alice.slash(world.channel, "draw", prompt="a fox")
+        await world.idle()
+        assert fields(with_sd.response)["Sampler"] == "Euler"
+        assert fields(with_ldm.response)["Model"] == "ldm"
+        assert "Your default sampler Euler can't be used with this model" in str(
+            with_ldm.response.embeds[0].to_dict()
+        )
+    finally:
+        await shut_down(mixed)

@@ -193,3 +193,12 @@ def test_without_a_readiness_check_the_order_is_plain_round_robin():
     a = add_for(t, 1, "sd")
     b = add_for(t, 2, "shapes")
     assert tickets(q.take_batch()) == [a.ticket] and b.passed == 0
+
+
+def test_a_members_later_job_for_the_loaded_model_never_overtakes_their_earlier_one():
+    q = FairQueue(max_per_user=10, max_batch=1)
+    t = Tickets(q)
+    earlier = add_for(t, 1, "sd")
+    add_for(t, 1, "shapes")
+    (job,) = q.take_batch(lambda r: r.model == "shapes")
+    assert job is earlier  # the member's own order holds, model loaded or not

@@ -171,14 +171,27 @@ class Preferences(commands.Cog):
         if not typed:
             return
         bot = self.bot
-        policy = await bot.jobs.policy(interaction.guild_id)
         others = replace(bot.store.user_settings(interaction.user.id), **dict.fromkeys(changes))
-        used = resolve(typed, others, policy, bot.settings, bot.models.capabilities(policy.model))
-        probe = DrawRequest(
-            prompt="settings", model=policy.model, **{n: used.value(n) for n in DEFAULTABLE}
-        )
-        bot.models.validate(probe)
-        policy.check(probe)
+        default = await bot.jobs.policy(interaction.guild_id)
+        # Good for any model the member may pick here (the server's default first): a sampler
+        # only another model runs is a fair default, and /draw gives way where it can't apply.
+        refusal: EaselError | None = None
+        for model in sorted(default.models, key=lambda m: m != default.model):
+            policy = await bot.jobs.policy(interaction.guild_id, model)
+            used = resolve(typed, others, policy, bot.settings, bot.models.capabilities(model))
+            probe = DrawRequest(
+                prompt="settings", model=model, **{n: used.value(n) for n in DEFAULTABLE}
+            )
+            try:
+                bot.models.validate(probe)
+                policy.check(probe)
+            except EaselError as exc:
+                refusal = refusal or exc
+                continue
+            refusal = None
+            break
+        if refusal is not None:
+            raise refusal
         negative = typed.get("negative_prompt")
         if negative and interaction.guild_id is not None:
             banned = await bot.store.banned_words(interaction.guild_id)
