@@ -80,6 +80,11 @@ class WorkerSpec:
     upscaler: str = "none"
     upscale_steps: int = 20
     loader: Callable[..., Any] | None = None
+    # Seconds between "still loading" events while a worker brings a model in, so the bot's
+    # watchdog (worker_timeout_s) does not take a long load for a hang; RayBackend sets it.
+    heartbeat_s: float = 10.0
+    # A load still going after this long stops sending them: a hung load is then restarted.
+    load_limit_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):  # the one-model form of before: say what it is now
@@ -151,6 +156,7 @@ class DrawWorker:
 
         # A model that can't load is reported by describe(), not raised: Ray keeps no more of
         # an exception raised here than its text.
+        self.spec = spec
         self.problem: EaselError | None = None
         try:
             self.models = ModelSet.load(
@@ -198,19 +204,22 @@ class DrawWorker:
     def draw(
         self, requests: list[DrawRequest], pictures: dict[str, bytes]
     ) -> Iterator[tuple[Any, ...]]:
-        """Draw a batch (one model's requests), yielding ``("accepted",)`` as soon as this
-        worker runs the call (the bot counts the jobs' attempt only then: a worker that died,
-        or still runs an earlier call, never charges a batch it did not take), then
-        ``("loading", model)`` if that model must be brought in first, ``("step", indices,
-        step, total)`` as it goes, ``("end", index, result | exception | None)`` for each
-        request (``("crash", exc)`` if the drawing thread itself died; a model that fails to
-        load ends each with ``ModelUnavailable``), and last ``("resident", names)``: the
-        models ready here now. A cancelled call stops at the next step."""
+        """Draw a batch (one model's requests), yielding ``("accepted", model | None)`` as soon
+        as this worker runs the call (the bot counts the jobs' attempt only then: a worker that
+        died, or still runs an earlier call, never charges a batch it did not take; ``model``:
+        the one it must bring in first), then for that model ``("loading", model)``,
+        ``("alive",)`` every ``heartbeat_s`` while it loads and ``("loaded", names)`` once it
+        is ready (the models ready here), ``("step", indices, step, total)`` as it goes,
+        ``("end", index, result | exception | None)`` for each request (``("crash", exc)`` if
+        the drawing thread itself died; a model that fails to load ends each with
+        ``ModelUnavailable``), and last ``("resident", names)``: the models ready here now. A
+        cancelled call stops at the next step."""
         import ray
 
-        yield ("accepted",)
-        context = ray.get_runtime_context()
         model = needs_loading(self.models, requests[0])
+        # With the model it must load first, if any: the bot reports the start after that.
+        yield ("accepted", model)
+        context = ray.get_runtime_context()
         if model is not None:
             yield ("loading", model)
         if not any(r.init_image in pictures for r in requests):
@@ -233,6 +242,8 @@ class DrawWorker:
         thread, loading ``model`` there first, and yield its events as they come."""
         events: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         stop = threading.Event()
+        loading = threading.Event()
+        spec = self.spec
 
         def on_step(indices: list[int], step: int, total: int) -> None:
             if stop.is_set():
@@ -242,14 +253,17 @@ class DrawWorker:
         def work() -> None:
             try:
                 if model is not None:
-                    # No event while it loads: like the load at start, it must finish within
-                    # worker_timeout_s, or the watchdog takes the worker for hung.
+                    loading.set()
                     try:
                         self.models.ensure(model)
                     except Exception as exc:  # ModelUnavailable: every job of it says so
                         for i in range(len(requests)):
                             events.put(("end", i, _portable(exc)))
                         return
+                    finally:
+                        loading.clear()
+                    # Ready: the bot reports the drawing's start, and where the models are.
+                    events.put(("loaded", self.models.resident()))
                 for i, outcome in draw_batch(self.models, local, on_step):
                     if isinstance(outcome, DrawResult):
                         # The bot stores the picture's own path, not this worker's copy.
@@ -268,6 +282,7 @@ class DrawWorker:
         # thread lets this generator yield each step as it happens and see a cancel meanwhile.
         thread = threading.Thread(target=work, name="easel-ray-draw", daemon=True)
         thread.start()
+        started = last = time.monotonic()
         try:
             while True:
                 try:
@@ -275,6 +290,14 @@ class DrawWorker:
                 except queue.Empty:
                     if context.is_canceled():
                         stop.set()
+                    now = time.monotonic()
+                    if (
+                        loading.is_set()
+                        and now - last >= spec.heartbeat_s
+                        and now - started < spec.load_limit_s
+                    ):
+                        last = now
+                        yield ("alive",)  # still loading: not hung
                     continue
                 if event is None:
                     break
@@ -481,10 +504,19 @@ class RayBackend:
             raise
 
     def _worker_spec(self) -> WorkerSpec:
-        """What the workers load: on CPUs when they take no GPU, whatever CUDA they could see."""
-        if self.gpus_per_worker == 0 and self.spec.device.strip().lower() == "auto":
-            return dataclasses.replace(self.spec, device="cpu")
-        return self.spec
+        """What the workers load: on CPUs when they take no GPU, whatever CUDA they could see;
+        one model ready at a time on a share of a card (the automatic count sizes by the whole
+        card); "still loading" often enough for the watchdog."""
+        spec = dataclasses.replace(
+            self.spec,
+            heartbeat_s=self.worker_timeout_s / 4,
+            load_limit_s=max(self.spec.load_limit_s, 10 * self.worker_timeout_s),
+        )
+        if self.gpus_per_worker == 0 and spec.device.strip().lower() == "auto":
+            spec = dataclasses.replace(spec, device="cpu")
+        if 0 < self.gpus_per_worker < 1 and spec.max_resident == 0:
+            spec = dataclasses.replace(spec, max_resident=1)
+        return spec
 
     def _start_workers(self, ray: Any) -> RemoteModels:
         from ray.exceptions import GetTimeoutError, RayActorError
@@ -513,32 +545,32 @@ class RayBackend:
         spec = self._worker_spec()
         for i in range(self.workers_wanted):
             self._workers.append(_Worker(i, actor_class.remote(spec)))
+        # Each worker loads every model once at start: WORKER_TIMEOUT_S for each.
+        limit = self.worker_timeout_s * len(spec.models)
         try:
-            infos = ray.get(
-                [w.actor.describe.remote() for w in self._workers], timeout=self.worker_timeout_s
-            )
+            infos = ray.get([w.actor.describe.remote() for w in self._workers], timeout=limit)
         except (RayActorError, GetTimeoutError) as exc:
             raise WorkersUnavailable(
-                f"The Ray workers did not start within WORKER_TIMEOUT_S={self.worker_timeout_s:g} "
-                f"s: {_first_line(exc)}"
+                f"The Ray workers did not start within {limit:g} s (WORKER_TIMEOUT_S="
+                f"{self.worker_timeout_s:g} s for each of {len(spec.models)} model(s)): "
+                f"{_first_line(exc)}"
             ) from None
         for problem in infos:
             if isinstance(problem, EaselError):  # a model did not load: say why, as locally
                 raise problem
         for worker, info in zip(self._workers, infos, strict=True):
             self._note(worker, info)
-        first = infos[0].capabilities
+        first = _identity(infos[0])
         for info in infos[1:]:
+            other = _identity(info)
             differ = sorted(
-                name
-                for name in first.keys() | info.capabilities.keys()
-                if first.get(name) != info.capabilities.get(name)
+                name for name in first.keys() | other.keys() if first.get(name) != other.get(name)
             )
             if differ:
                 raise WorkersUnavailable(
-                    f"The Ray workers loaded different models (the capabilities of "
-                    f"{', '.join(differ)} differ); install the same Easel and models on every "
-                    "machine."
+                    f"The Ray workers loaded different models (the sources, checkpoint hashes "
+                    f"or capabilities of {', '.join(differ)} differ); install the same Easel "
+                    "and models on every machine."
                 )
         log.info(
             "%d Ray worker(s) ready: %s",
@@ -773,9 +805,11 @@ class RayBackend:
                 w.last_event = time.perf_counter()
                 if event[0] == "accepted":
                     # The worker runs it: the attempt counts from here (the bot's hook records
-                    # it, off the loop, as the database may take a moment).
+                    # it, off the loop, as the database may take a moment). A model to load
+                    # first: its start is reported once it is loaded ("loaded").
                     accepted = True
-                    await asyncio.to_thread(ex._begin, batch)
+                    loads = event[1] if len(event) > 1 else None
+                    await asyncio.to_thread(ex._begin, batch, report=loads is None)
                     w.last_event = time.perf_counter()
                 else:
                     self._handle(ex, w, batch, event)
@@ -829,8 +863,13 @@ class RayBackend:
         kind = event[0]
         if kind == "loading":
             ex._loading(batch, event[1])
+        elif kind == "loaded":
+            w.resident = tuple(event[1])
+            ex._report_start(batch)
         elif kind == "resident":
             w.resident = tuple(event[1])
+        elif kind == "alive":
+            pass  # a long load goes on: the stream's clock was reset
         elif kind == "step":
             _, indices, step, total = event
             for i in indices:
@@ -905,6 +944,12 @@ def _cancel(stream: Any) -> None:
         ray.cancel(stream)
     except Exception:
         log.debug("cancelling a Ray call failed", exc_info=True)
+
+
+def _identity(info: WorkerInfo) -> dict[str, tuple[Any, ...]]:
+    """What must agree between workers, per model: where it comes from, its checkpoint's hash
+    (two machines with different files at one path differ here) and what it can do."""
+    return {m.name: (m.source, m.model_hash, m.capabilities) for m in info.models}
 
 
 def _first_line(exc: BaseException) -> str:

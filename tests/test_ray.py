@@ -233,11 +233,12 @@ async def test_each_dispatcher_prefers_jobs_its_own_worker_has_the_model_for_wit
 class _Weights:
     """An engine's weights and nothing else: ``bring_back`` fails when ``broken``."""
 
-    def __init__(self, name: str, *, ready: bool, broken: bool = False) -> None:
+    def __init__(self, name: str, *, ready: bool, broken: bool = False, slow: float = 0.0) -> None:
         self.model = self.source = name
         self.device = "cpu"
         self.placement = "device" if ready else "unloaded"
         self.broken = broken
+        self.slow = slow  # seconds bring_back takes (a big checkpoint read from disk)
 
     @property
     def ready(self) -> bool:
@@ -252,24 +253,58 @@ class _Weights:
     def bring_back(self) -> None:
         if self.broken:
             raise OSError("the disk is gone")
+        time.sleep(self.slow)
         self.placement = "device"
 
 
 def test_a_model_the_worker_can_not_bring_in_ends_each_job_of_the_batch_saying_so(monkeypatch):
     worker = DrawWorker.__new__(DrawWorker)  # its drawing alone, in this process
     worker.problem = None
+    worker.spec = WorkerSpec.single("sd")
     engines = [_Weights("sd", ready=True), _Weights("shapes", ready=False, broken=True)]
     worker.models = ModelSet(engines, default="sd", max_resident=1)
     monkeypatch.setattr(
         ray, "get_runtime_context", lambda: SimpleNamespace(is_canceled=lambda: False)
     )
     events = list(worker.draw([req(1, model="shapes"), req(2, model="shapes")], {}))
-    assert events[:2] == [("accepted",), ("loading", "shapes")]
+    assert events[:2] == [("accepted", "shapes"), ("loading", "shapes")]
     ends = events[2:4]
     assert [(kind, i) for kind, i, _ in ends] == [("end", 0), ("end", 1)]
     assert all(isinstance(e, ModelUnavailable) and "shapes" in str(e) for _, _, e in ends)
     # sd gave way before shapes failed to come in: nothing is ready, and the bot hears so.
     assert events[4:] == [("resident", ())]
+
+
+def test_a_long_load_says_it_is_alive_so_the_watchdog_lets_it_finish(monkeypatch):
+    """A model that takes longer to load than the watchdog's limit is not taken for a hung
+    worker: the stream says "alive" every heartbeat while it loads (a real worker's heartbeat
+    is a quarter of WORKER_TIMEOUT_S)."""
+    worker = DrawWorker.__new__(DrawWorker)  # its loading alone, in this process
+    worker.problem = None
+    worker.spec = dataclasses.replace(WorkerSpec.single("sd"), heartbeat_s=0.1)
+    engines = [_Weights("sd", ready=True), _Weights("shapes", ready=False, slow=0.6)]
+    worker.models = ModelSet(engines, default="sd", max_resident=1)
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: SimpleNamespace(is_canceled=lambda: False)
+    )
+    monkeypatch.setattr(
+        "pipeline.ray_backend.draw_batch", lambda models, requests, on_step: iter([])
+    )
+    events = list(worker.draw([req(1, model="shapes")], {}))
+    kinds = [e[0] for e in events]
+    assert kinds[:2] == ["accepted", "loading"] and events[0] == ("accepted", "shapes")
+    alive = kinds.count("alive")
+    assert 3 <= alive <= 7, kinds  # about 0.6 s / 0.1 s of them, between loading and loaded
+    assert kinds.index("loaded") == 2 + alive and events[2 + alive] == ("loaded", ("shapes",))
+
+
+def test_workers_are_told_to_beat_often_enough_and_to_keep_one_model_on_a_card_share():
+    spec = WorkerSpec.single("tiny:sd")
+    shared = RayBackend(spec, workers=2, gpus_per_worker=0.5, worker_timeout_s=40)
+    sent = shared._worker_spec()
+    assert sent.heartbeat_s == 10 and sent.load_limit_s >= 400 and sent.max_resident == 1
+    whole = RayBackend(spec, workers=1, gpus_per_worker=1, worker_timeout_s=40)
+    assert whole._worker_spec().max_resident == 0  # automatic: sized by the whole card
 
 
 # -- 4. batching ----------------------------------------------------------------------------
