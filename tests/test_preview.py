@@ -63,6 +63,14 @@ def test_no_token_means_the_preview_with_the_tiny_model_and_its_own_database():
     assert s.discord_token is None
 
 
+def test_the_preview_keeps_several_models_that_were_set():
+    environ = {"MODELS": "shapes=tiny:shapes,sd=tiny:sd", "DEFAULT_MODEL": "sd"}
+    mode, s = choose(None, settings_from(environ), environ)
+    assert mode == "preview"
+    assert [m.name for m in s.model_specs()] == ["shapes", "sd"]
+    assert s.default_model_name == "sd"
+
+
 def test_the_preview_keeps_a_model_and_paths_that_were_set():
     environ = {
         "MODEL": "/m/ldm",
