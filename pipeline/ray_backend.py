@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 RAY_PIN = "ray==2.60.0"
 # Seconds between a lost worker's tries to come back (Ray restarts it meanwhile).
 REVIVE_DELAY_S = 1.0
+# A worker that came back without its models is restarted after this long, then twice as long
+# each time, up to the maximum.
+MODEL_RETRY_S = 30.0
+MODEL_RETRY_MAX_S = 600.0
 
 
 class WorkersUnavailable(EaselError):
@@ -433,6 +437,10 @@ class _Worker:
     lost: bool = False
     # What the log was told since it was lost (that it can't load a model, that it is down).
     warned: set[str] = field(default_factory=set)
+    # When a worker that could not load its models is restarted next (perf_counter), and the
+    # wait after that: a passing failure (the hub, memory) heals, a missing file costs little.
+    retry_at: float = 0.0
+    retry_wait: float = 0.0
 
 
 class RayBackend:
@@ -903,11 +911,22 @@ class RayBackend:
                 level = logging.WARNING
                 w.warned.add(kind)
             log.log(level, "Ray worker %d is not back yet: %s", w.index, _first_line(info))
+            if isinstance(info, EaselError):
+                # Alive, but its models did not load: Ray would never run its constructor
+                # again. Restart it now and then, waiting longer each time.
+                now = time.perf_counter()
+                if now >= w.retry_at:
+                    if w.retry_at:
+                        log.info("restarting Ray worker %d to load its models again", w.index)
+                        self._restart(w)
+                    w.retry_wait = min(max(2 * w.retry_wait, MODEL_RETRY_S), MODEL_RETRY_MAX_S)
+                    w.retry_at = now + w.retry_wait
             await asyncio.to_thread(time.sleep, REVIVE_DELAY_S)  # real time, whatever the loop's
             return
         self._note(w, info)  # restarted: it has the default model ready again
         w.lost = False
         w.warned.clear()
+        w.retry_at = w.retry_wait = 0.0
         log.info("Ray worker %d is back: %s pid %d", w.index, info.host, info.pid)
 
     def _restart(self, w: _Worker) -> None:

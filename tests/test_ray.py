@@ -307,6 +307,38 @@ def test_workers_are_told_to_beat_often_enough_and_to_keep_one_model_on_a_card_s
     assert whole._worker_spec().max_resident == 0  # automatic: sized by the whole card
 
 
+async def test_a_worker_back_without_its_models_is_restarted_now_and_then(monkeypatch):
+    """A worker Ray restarted on a machine where a model failed to load stays alive and says
+    so; Ray never runs its constructor again, so the backend restarts it, waiting longer each
+    time (a stand-in actor: what it answers is the point, not Ray)."""
+    import pipeline.ray_backend as rb
+
+    monkeypatch.setattr(rb, "REVIVE_DELAY_S", 0.0)
+    monkeypatch.setattr(rb, "MODEL_RETRY_S", 0.0)  # every try is due at once
+
+    class Actor:
+        class describe:  # named as the actor method it stands for
+            @staticmethod
+            def remote():
+                async def answer():
+                    return ModelLoadError("The model folder /m/sd15 does not exist.")
+
+                return answer()
+
+    backend = RayBackend(WorkerSpec.single("tiny:sd"), workers=1)
+    restarts: list[int] = []
+    monkeypatch.setattr(backend, "_restart", lambda w: restarts.append(w.index))
+    worker = _Worker(0, actor=Actor(), lost=True)
+    for _ in range(4):
+        await backend._revive(worker)
+    assert worker.lost and restarts == [0, 0, 0]  # the first try only schedules the next
+    monkeypatch.setattr(rb, "MODEL_RETRY_S", 3600.0)
+    worker.retry_at = worker.retry_wait = 0.0
+    for _ in range(3):
+        await backend._revive(worker)
+    assert restarts == [0, 0, 0]  # an hour between restarts now: none more yet
+
+
 # -- 4. batching ----------------------------------------------------------------------------
 
 
