@@ -188,25 +188,20 @@ class Engine:
         validation stay, so requests for this model are still checked and queued."""
         if self.placement != "device":
             return
+        if not (keep_in_cpu_memory and self.device != "cpu"):
+            self.unload()
+            return
         self._img2img = None  # shares the weights; made again on first use
-        if keep_in_cpu_memory and self.device != "cpu":
-            self.pipe.to("cpu")
-            self.placement = "cpu"
-        else:
-            self.pipe = None
-            self._base_scheduler = None
-            self.placement = "unloaded"
-        _release_device_memory()
+        self.pipe.to("cpu")
+        self.placement = "cpu"
+        release_memory()
 
     def unload(self) -> None:
-        """Drop the weights wherever they are (on the device or waiting in CPU memory)."""
-        if self.placement == "unloaded":
-            return
-        self._img2img = None
-        self.pipe = None
-        self._base_scheduler = None
+        """Drop the weights wherever they are (on the device, waiting in CPU memory, or half
+        loaded)."""
+        self._img2img = self.pipe = self._base_scheduler = None
         self.placement = "unloaded"
-        _release_device_memory()
+        release_memory()
 
     def bring_back(self) -> None:
         """Make the weights ready on the device again (from CPU memory, or from the disk)."""
@@ -224,9 +219,7 @@ class Engine:
         except BaseException:
             # Half moved or half loaded (out of memory midway, say): drop it all, or its parts
             # on the device would hold memory that no eviction knows about.
-            self._img2img = self.pipe = self._base_scheduler = None
-            self.placement = "unloaded"
-            _release_device_memory()
+            self.unload()
             raise
         self.placement = "device"
 
@@ -726,7 +719,8 @@ def checkpoint_hash(model: str) -> str | None:
     return digest.hexdigest()[:10]
 
 
-def _release_device_memory() -> None:
+def release_memory() -> None:
+    """Give memory back (the GPU's cache too): after a failed batch, or a model given way."""
     import gc
 
     import torch

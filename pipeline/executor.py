@@ -24,6 +24,7 @@ from types import EllipsisType
 from typing import Any, Literal, Protocol
 
 from pipeline import messages
+from pipeline.engine import release_memory
 from pipeline.errors import EaselError, GpuOutOfMemory
 from pipeline.fairqueue import FairQueue, Job, QueueEntry
 from pipeline.messages import N_
@@ -561,17 +562,6 @@ def needs_loading(engine: Any, request: DrawRequest) -> str | None:
     ``pipeline.models.ModelSet`` with it ready: None)."""
     check = getattr(engine, "needs_loading", None)
     return check(request) if check is not None else None
-
-
-def release_memory() -> None:
-    """Give memory back after a failed batch (the GPU's cache too)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # -- the local backend: one worker thread in this process -------------------------------
