@@ -51,7 +51,7 @@ class Compare(commands.Cog):
         name="compare",
         description=locale_str("Draw one prompt under several settings, side by side."),
     )
-    @app_commands.rename(**OPTION_NAMES, replace=locale_str("replace"), model=locale_str("model"))
+    @app_commands.rename(**OPTION_NAMES, replace=locale_str("replace"))
     @app_commands.describe(
         prompt=locale_str("What to draw; every cell draws it with the same seed"),
         negative_prompt=locale_str("What to keep out of the picture (models that support it)"),

@@ -64,6 +64,7 @@ OPTION_NAMES = {
     "seed": locale_str("seed"),
     "width": locale_str("width"),
     "height": locale_str("height"),
+    "model": locale_str("model"),
 }
 
 
@@ -102,7 +103,6 @@ class Draw(commands.Cog):
     @app_commands.rename(
         **OPTION_NAMES,
         count=locale_str("count"),
-        model=locale_str("model"),
         variation_seed=locale_str("variation_seed"),
         variation_strength=locale_str("variation_strength"),
         image=locale_str("image"),
