@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any, Literal, Protocol
@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from pipeline import messages
 from pipeline.engine import release_memory
 from pipeline.errors import EaselError, GpuOutOfMemory
-from pipeline.fairqueue import FairQueue, Job, QueueEntry
+from pipeline.fairqueue import Callback, FairQueue, Job, QueueEntry
 from pipeline.messages import N_
 from pipeline.request import DrawRequest, DrawResult
 
@@ -41,12 +41,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[..., Awaitable[Any] | Any]
 Status = Literal["done", "failed", "cancelled"]
 # on_step of ``draw_batch``: which requests of the batch are drawing, the step, the total.
 BatchStepHook = Callable[[list[int], int, int], None]
-
-_Job = Job  # the name this module used before the queue moved out
 
 
 class WorkerLost(EaselError):
@@ -132,18 +129,6 @@ class Executor:
         self._outstanding = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Event | None = None
-
-    @property
-    def max_per_user(self) -> int:
-        return self.queue.max_per_user
-
-    @property
-    def max_queue(self) -> int:
-        return self.queue.max_queue
-
-    @property
-    def max_batch(self) -> int:
-        return self.queue.max_batch
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -235,8 +220,6 @@ class Executor:
             if enforce_caps and not (unit is not None and self.queue.has_unit(user_id, unit)):
                 self.queue.check_capacity(user_id)
             ticket = next(self._tickets) if ticket is None else ticket
-            if ticket in self.queue.jobs:
-                raise ValueError(f"ticket {ticket} is already queued")
             job = Job(
                 ticket,
                 user_id,

@@ -39,7 +39,7 @@ from bot.uploads import BadUpload, read_upload
 from bot.views import DEFAULT_REMIX_STRENGTH, VARY_STRONG
 from pipeline.engine import DEFAULT_EXAMPLE_PROMPTS, example_prompts
 from pipeline.errors import EaselError
-from pipeline.executor import QueueEntry
+from pipeline.fairqueue import QueueEntry
 from pipeline.request import MAX_SEED, DrawRequest
 from pipeline.samplers import SAMPLERS
 
