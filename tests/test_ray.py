@@ -233,12 +233,13 @@ async def test_each_dispatcher_prefers_jobs_its_own_worker_has_the_model_for_wit
 class _Weights:
     """An engine's weights and nothing else: ``bring_back`` fails when ``broken``."""
 
-    def __init__(self, name: str, *, ready: bool, broken: bool = False, slow: float = 0.0) -> None:
+    def __init__(self, name: str, *, ready: bool, broken: bool = False) -> None:
         self.model = self.source = name
         self.device = "cpu"
         self.placement = "device" if ready else "unloaded"
         self.broken = broken
-        self.slow = slow  # seconds bring_back takes (a big checkpoint read from disk)
+        # Set: bring_back waits until the test opens it (a load as long as the test needs).
+        self.gate: threading.Event | None = None
 
     @property
     def ready(self) -> bool:
@@ -253,7 +254,8 @@ class _Weights:
     def bring_back(self) -> None:
         if self.broken:
             raise OSError("the disk is gone")
-        time.sleep(self.slow)
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never let the load finish"
         self.placement = "device"
 
 
@@ -281,21 +283,27 @@ def test_a_long_load_says_it_is_alive_so_the_watchdog_lets_it_finish(monkeypatch
     is a quarter of WORKER_TIMEOUT_S)."""
     worker = DrawWorker.__new__(DrawWorker)  # its loading alone, in this process
     worker.problem = None
-    worker.spec = dataclasses.replace(WorkerSpec.single("sd"), heartbeat_s=0.1)
-    engines = [_Weights("sd", ready=True), _Weights("shapes", ready=False, slow=0.6)]
-    worker.models = ModelSet(engines, default="sd", max_resident=1)
+    worker.spec = dataclasses.replace(WorkerSpec.single("sd"), heartbeat_s=0.05)
+    shapes = _Weights("shapes", ready=False)
+    shapes.gate = threading.Event()  # the load lasts until 3 heartbeats came
+    worker.models = ModelSet([_Weights("sd", ready=True), shapes], default="sd", max_resident=1)
     monkeypatch.setattr(
         ray, "get_runtime_context", lambda: SimpleNamespace(is_canceled=lambda: False)
     )
     monkeypatch.setattr(
         "pipeline.ray_backend.draw_batch", lambda models, requests, on_step: iter([])
     )
-    events = list(worker.draw([req(1, model="shapes")], {}))
+    events = []
+    for event in worker.draw([req(1, model="shapes")], {}):
+        events.append(event)
+        if [e[0] for e in events].count("alive") == 3:
+            shapes.gate.set()
     kinds = [e[0] for e in events]
     assert kinds[:2] == ["accepted", "loading"] and events[0] == ("accepted", "shapes")
-    alive = kinds.count("alive")
-    assert 3 <= alive <= 7, kinds  # about 0.6 s / 0.1 s of them, between loading and loaded
-    assert kinds.index("loaded") == 2 + alive and events[2 + alive] == ("loaded", ("shapes",))
+    # Between loading and loaded, only heartbeats: the watchdog saw the worker alive throughout.
+    assert kinds[2:5] == ["alive"] * 3
+    loaded = kinds.index("loaded")
+    assert set(kinds[2:loaded]) == {"alive"} and events[loaded] == ("loaded", ("shapes",))
 
 
 def test_workers_are_told_to_beat_often_enough_and_to_keep_one_model_on_a_card_share():
@@ -673,21 +681,23 @@ async def test_a_running_remote_job_is_cancelled_and_close_leaves_no_worker(fres
     assert len({i.node_id for i in backend.workers}) == 3
     outcomes = Outcomes()
     drawing = asyncio.Event()
+    steps: list[int] = []
 
     def on_progress(step: int, total: int) -> None:
+        steps.append(step)
         if step >= 1:
             drawing.set()
 
     long = ex.submit(req(1, steps=150), user_id=1, on_done=outcomes, on_progress=on_progress)
     await asyncio.wait_for(drawing.wait(), 60)
-    began = time.perf_counter()
     assert ex.position(long) == 0 and ex.cancel(long)
     after = ex.submit(req(2), user_id=1, on_done=outcomes)
     await ex.wait_idle()
     out = outcomes.by_ticket()
     assert out[long].status == "cancelled" and out[long].result is None
     assert out[after].status == "done"
-    assert time.perf_counter() - began < 10
+    # Stopped where it was, not drawn to the end first (whatever this machine's speed).
+    assert max(steps) < 150
 
     pids = [i.pid for i in backend.workers]
     ex.close()
