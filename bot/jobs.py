@@ -100,7 +100,8 @@ class JobRunner(CompareMixin):
         stored = GuildSettings() if guild_id is None else await self.store.guild_settings(guild_id)
         names = self.models.names
         if model not in names:
-            model = server_model(stored, allowed_models(stored, names), self.models.default)
+            default = self.models.default
+            model = server_model(stored, allowed_models(stored, names, default), default)
         return Policy.build(
             stored,
             self.models.capabilities(model),
@@ -390,10 +391,19 @@ class JobRunner(CompareMixin):
         """The Remix form, pre-filled with the job's prompt: only for a member who may remix it
         (the prompt is what a stranger must not read)."""
         found = await self._picture_of(interaction, job_id, 0, "remix")
-        if found is not None:
-            from bot.views import RemixForm
+        if found is None:
+            return
+        # Its model must still be here and allowed here: said now, not after the form is typed.
+        if (model := await self.same_model(interaction, found[0])) is None:
+            return
+        try:
+            (await self.policy(interaction.guild_id, model)).check_model(model)
+        except EaselError as refusal:
+            await answer_privately(interaction, refusal)
+            return
+        from bot.views import RemixForm
 
-            await interaction.response.send_modal(RemixForm(job_id, images, found[0].prompt))
+        await interaction.response.send_modal(RemixForm(job_id, images, found[0].prompt))
 
     async def remix(
         self,

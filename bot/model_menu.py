@@ -59,10 +59,12 @@ async def model_choices(
     return choices[:MAX_CHOICES]
 
 
-def describe_models(models: ModelSet, policy: Policy) -> str:
-    """/models: each model allowed here, what it supports and whether it is loaded."""
+def describe_models(models: ModelSet, policies: list[Policy]) -> str:
+    """/models: each model allowed here (``policies``: this server's for each), what it
+    supports within this server's limits, and whether it is loaded."""
     lines = [_("**Models you can pick with /draw model:**")]
-    for name in policy.models:
+    for policy in policies:
+        name = policy.model
         caps = models.capabilities(name)
         header = f"**{name}** — {caps.pipeline_class}"
         if name == policy.default_model:
@@ -75,10 +77,11 @@ def describe_models(models: ModelSet, policy: Policy) -> str:
                 state=placement_label(models, name),
                 width=caps.default_width,
                 height=caps.default_height,
-                max=min(caps.max_side, policy.max_side),
+                # The policy for this model: the server's limits within the model's own.
+                max=policy.max_side,
                 multiple=caps.size_multiple,
-                steps=number(min(caps.max_steps, policy.max_steps)),
-                count=number(min(caps.max_count, policy.max_count)),
+                steps=number(policy.max_steps),
+                count=number(policy.max_count),
             )
         )
         yes, no = _("yes"), _("no")

@@ -59,7 +59,7 @@ class Policy:
         """The policy for drawing with the model ``caps`` describes; ``models``: every model
         the bot has (default: that one), ``bot_default``: the bot's default among them."""
         names = tuple(models) or (caps.model,)
-        allowed = allowed_models(stored, names)
+        allowed = allowed_models(stored, names, bot_default or names[0])
         # A server's limits were checked against its default model: another model of the bot
         # may allow less, and its own limits hold too.
         max_steps = min(stored.max_steps or caps.max_steps, caps.max_steps)
@@ -154,14 +154,16 @@ class Policy:
             )
 
 
-def allowed_models(stored: GuildSettings, names: Sequence[str]) -> tuple[str, ...]:
+def allowed_models(
+    stored: GuildSettings, names: Sequence[str], bot_default: str
+) -> tuple[str, ...]:
     """The models members may pick in a server: its allow-list (in MODELS order, less any the
     bot no longer has), or every model. An allow-list left empty by models the operator
-    removed falls back to all of them rather than locking the server out."""
+    removed allows the bot's default alone: never models its moderators did not allow."""
     if stored.allowed_models is None:
         return tuple(names)
     wanted = set(split_names(stored.allowed_models))
-    return tuple(n for n in names if n in wanted) or tuple(names)
+    return tuple(n for n in names if n in wanted) or (bot_default,)
 
 
 def server_model(stored: GuildSettings, allowed: Sequence[str], bot_default: str) -> str:
@@ -172,23 +174,38 @@ def server_model(stored: GuildSettings, allowed: Sequence[str], bot_default: str
     return allowed[0]
 
 
+def typed_model(text: str | None) -> str | None:
+    """A model's name as typed in an option: None if left out; MODELS names are lower case, so
+    "SD15" is sd15. Blank text is refused (``InvalidSetting``), saying what to give."""
+    if text is None:
+        return None
+    name = text.strip().lower()
+    if not name:
+        raise InvalidSetting(
+            N_("Give a model's name (/models lists them), or leave the model option out.")
+        )
+    return name
+
+
 def split_names(text: str) -> list[str]:
     """Model names typed as a list: "sd15, shapes" or "sd15 shapes"."""
     return [n for n in text.replace(",", " ").split() if n]
 
 
-def without_removed_models(stored: GuildSettings, names: Sequence[str]) -> GuildSettings:
+def without_removed_models(
+    stored: GuildSettings, names: Sequence[str], bot_default: str
+) -> GuildSettings:
     """The server's settings less the models the bot no longer has (removed from MODELS since
-    they were saved): what drawing goes by already, and what a moderator's next change keeps."""
+    they were saved): what drawing goes by already, and what a moderator's next change keeps
+    (an allow-list left empty: the bot's default alone, as ``allowed_models`` says)."""
     default = stored.default_model if stored.default_model in names else None
     allowed = stored.allowed_models
     if allowed is not None:
-        kept = [n for n in split_names(allowed) if n in names]
-        allowed = ", ".join(kept) if kept else None
+        allowed = ", ".join(allowed_models(stored, names, bot_default))
     return replace(stored, default_model=default, allowed_models=allowed)
 
 
-def validate_models(stored: GuildSettings, names: Sequence[str]) -> None:
+def validate_models(stored: GuildSettings, names: Sequence[str], bot_default: str) -> None:
     """Raise ``InvalidSetting`` if the server's default model or allow-list names a model the
     bot doesn't have, or leaves its default out."""
     unknown = [
@@ -206,7 +223,7 @@ def validate_models(stored: GuildSettings, names: Sequence[str]) -> None:
         raise InvalidSetting(
             N_("Allow at least one model; to allow them all, reset the allowed models.")
         )
-    allowed = allowed_models(stored, names)
+    allowed = allowed_models(stored, names, bot_default)
     if stored.default_model is not None and stored.default_model not in allowed:
         raise InvalidSetting(
             N_(

@@ -256,7 +256,8 @@ async def test_models_removed_since_a_server_chose_them_block_nothing(world, bot
         saved = await boss.slash(world.channel, "mod settings set", cooldown=5)
         assert "Saved." in saved.response.content
         assert "Default model: shapes (default)" in saved.response.content
-        assert "Allowed models: shapes (default)" in saved.response.content
+        # Its allow-list lost its only model: the bot's default alone, not every model.
+        assert "Allowed models: shapes (set here)" in saved.response.content
         drawn = await world.alice.slash(world.channel, "draw", prompt="a red circle", seed=1)
         await world.idle()
         assert fields(drawn.response)["Model"] == "shapes"
@@ -284,3 +285,39 @@ async def test_a_members_default_may_suit_another_model_they_can_pick(world, bot
         )
     finally:
         await shut_down(mixed)
+
+
+async def test_model_names_ignore_case_and_a_blank_one_is_answered(world):
+    r = await world.alice.slash(world.channel, "draw", prompt="a fox", seed=1, model="SD")
+    await world.idle()
+    assert fields(r.response)["Model"] == "sd"
+    blank = await world.alice.slash(world.channel, "draw", prompt="a fox", model="   ")
+    assert blank.ephemeral
+    assert blank.response.content.startswith("Give a model's name (/models lists them)")
+    assert await world.bot.store.count_history(world.guild.id) == 1
+
+
+async def test_models_shows_each_models_own_limits_and_a_dm_sees_every_model(world):
+    """A server's limits apply to each model within the model's own: a small model (its own
+    largest side 96 here, as a smaller model's would be) is not shown the server's 128."""
+    from bot.model_menu import describe_models
+
+    admins = world.guild.create_role(
+        "Admins", permissions=discord.Permissions(manage_guild=True, manage_messages=True)
+    )
+    boss = world.guild.add_member(world.env.create_user("boss"), roles=[admins])
+    await boss.slash(world.channel, "mod settings set", max_size=128, allowed_models="sd, shapes")
+    models = world.bot.models
+    small = models.engine("shapes")
+    small.capabilities = replace(small.capabilities, max_side=96)
+    policies = [await world.bot.jobs.policy(world.guild.id, n) for n in ("shapes", "sd")]
+    text = describe_models(models, policies)
+    shapes_part, sd_part = text.split("**sd**")
+    assert "up to 96x96" in shapes_part and "up to 128x128" in sd_part
+    listed = (await world.alice.slash(world.channel, "models")).response.content
+    assert "up to 96x96" in listed and "up to 128x128" in listed
+    # In a DM no server's allow-list applies.
+    carol = world.env.create_user("carol")
+    private = await carol.slash("models")
+    assert private.ephemeral
+    assert "**shapes**" in private.response.content and "**sd**" in private.response.content

@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.cogs.draw import OPTION_NAMES
 from bot.model_menu import model_choices
+from bot.policy import typed_model
 from bot.replies import answer_privately
 from pipeline.compare import build_comparison, parse_numbers, parse_replace, parse_samplers
 from pipeline.errors import EaselError
@@ -83,7 +84,11 @@ class Compare(commands.Cog):
         model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         settings = self.bot.settings
-        model = model.strip() if model else None
+        try:
+            model = typed_model(model)
+        except EaselError as refusal:
+            await answer_privately(interaction, refusal)
+            return
         policy = await self.bot.jobs.policy(interaction.guild_id, model)
         caps = self.bot.models.capabilities(policy.model)
         base = DrawRequest(
@@ -124,7 +129,9 @@ class Compare(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         namespace = interaction.namespace
-        policy = await self.bot.jobs.policy(interaction.guild_id, getattr(namespace, "model", None))
+        typed = getattr(namespace, "model", None)
+        model = typed.strip().lower() if isinstance(typed, str) else None
+        policy = await self.bot.jobs.policy(interaction.guild_id, model)
         return sampler_suggestions(current, self.bot.models.capabilities(policy.model).samplers)
 
     @compare.autocomplete("model")

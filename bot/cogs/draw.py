@@ -33,6 +33,7 @@ from discord.ext import commands
 from bot.defaults import resolve
 from bot.i18n import N_, _, ngettext, number
 from bot.model_menu import default_source, model_choices
+from bot.policy import typed_model
 from bot.replies import answer_privately
 from bot.text import listing
 from bot.uploads import BadUpload, read_upload
@@ -157,7 +158,11 @@ class Draw(commands.Cog):
     ) -> None:
         # Options left out take the member's own defaults (/settings), else this server's
         # (/mod settings), else the bot's; this server's limits apply to all of them.
-        model = model.strip() if model else None
+        try:
+            model = typed_model(model)
+        except EaselError as refusal:
+            await answer_privately(interaction, refusal)
+            return
         policy = await self.bot.jobs.policy(interaction.guild_id, model)
         caps = self.bot.models.capabilities(policy.model)
         mine = self.bot.store.user_settings(interaction.user.id)

@@ -25,8 +25,10 @@ class Models(commands.Cog):
         description=locale_str("The models you can draw with here, and what each supports."),
     )
     async def models(self, interaction: discord.Interaction) -> None:
-        policy = await self.bot.jobs.policy(interaction.guild_id)
-        parts = chunks(describe_models(self.bot.models, policy))
+        jobs, here = self.bot.jobs, interaction.guild_id
+        allowed = (await jobs.policy(here)).models
+        policies = [await jobs.policy(here, name) for name in allowed]
+        parts = chunks(describe_models(self.bot.models, policies))
         await interaction.response.send_message(parts[0], ephemeral=True)
         for part in parts[1:]:
             await interaction.followup.send(part, ephemeral=True)

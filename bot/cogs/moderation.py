@@ -20,6 +20,7 @@ from bot.policy import (
     allowed_models,
     server_model,
     split_names,
+    typed_model,
     validate_models,
     validate_settings,
     without_removed_models,
@@ -28,6 +29,7 @@ from bot.replies import answer_privately
 from bot.store import EVERYWHERE, GuildSettings, PurgeRecord
 from bot.text import plain, sentences
 from bot.wordfilter import parse_pattern
+from pipeline.errors import EaselError
 from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
@@ -316,6 +318,11 @@ class Moderation(commands.Cog):
         allowed_models: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         _require_manage_server(interaction)
+        try:
+            model = typed_model(default_model)
+        except EaselError as refusal:
+            await answer_privately(interaction, refusal)
+            return
         given: dict[str, Any] = {
             "max_steps": max_steps,
             "max_side": max_size,
@@ -326,9 +333,11 @@ class Moderation(commands.Cog):
             "default_steps": default_steps,
             "nsfw": nsfw.value if nsfw else None,
             "max_compare_cells": max_compare_cells,
-            "default_model": (default_model.strip() or None) if default_model else None,
-            # Kept as typed (names checked on saving), written the one way /mod settings shows.
-            "allowed_models": ", ".join(split_names(allowed_models)) if allowed_models else None,
+            "default_model": model,
+            # Names checked on saving, written the one way /mod settings shows them.
+            "allowed_models": ", ".join(split_names(allowed_models.lower()))
+            if allowed_models
+            else None,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:
@@ -375,11 +384,14 @@ class Moderation(commands.Cog):
         assert guild_id is not None
         store = self.bot.store
         models = self.bot.models
+        names, bot_default = models.names, models.default
         # Models removed from MODELS since they were set here must not block every change.
-        updated = change(without_removed_models(await store.guild_settings(guild_id), models.names))
+        current = await store.guild_settings(guild_id)
+        updated = change(without_removed_models(current, names, bot_default))
         try:
-            validate_models(updated, models.names)
-            default = server_model(updated, allowed_models(updated, models.names), models.default)
+            validate_models(updated, names, bot_default)
+            allowed = allowed_models(updated, names, bot_default)
+            default = server_model(updated, allowed, bot_default)
             validate_settings(updated, models.capabilities(default), self.bot.settings)
         except InvalidSetting as refusal:
             await answer_privately(interaction, str(refusal))
