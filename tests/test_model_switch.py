@@ -157,7 +157,12 @@ def bench_output(folders: dict[str, str]) -> str:
         return str(target)
 
     argv = ["--width-scale", str(SCALE), "--sd-size", str(SIZE), "--ldm-size", str(SIZE)]
-    argv += ["--steps", "1", "--same-process", "--device", "cpu,cuda"]
+    import torch
+
+    # CUDA rows only where there is none (they say "not run"): on a GPU machine the CUDA build
+    # would ask for fp16, which this test's copies of the CPU builds are not.
+    devices = "cpu" if torch.cuda.is_available() else "cpu,cuda"
+    argv += ["--steps", "1", "--same-process", "--device", devices]
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
         patch.setattr(model_switch.real_size, "build_folder", copy_built)
@@ -179,7 +184,8 @@ def test_the_benchmark_prints_every_column_and_a_row_per_step(bench_output: str)
     rows = _rows(bench_output, "cpu fp32")
     assert len(rows) == 10 + 10 + 7  # each model's evict cycle, then the switches
     for cells in rows:
-        assert float(cells[3]) > 0 and float(cells[4]) >= 0  # seconds, CPU seconds
+        # Seconds, CPU seconds: printed to 0.01 s, which a fast machine's step can round to 0.
+        assert float(cells[3]) >= 0 and float(cells[4]) >= 0
         assert float(cells[6]) > 0 and float(cells[7]) > 0  # RSS after, peak RSS
         assert cells[8] == cells[9] == "-"  # no GPU memory on the CPU
         assert float(cells[10]) >= 0  # weights MB

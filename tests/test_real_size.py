@@ -139,7 +139,8 @@ def test_the_benchmark_runs_end_to_end_and_prints_every_column(
         assert cells[4] == "2 x 1"  # images x steps
         assert float(cells[5]) > 0 and float(cells[6]) > 0  # s/image, images/s
         assert float(cells[7]) > 0 and float(cells[8]) > 0  # CPU s/image, peak RSS
-        assert cells[9] == "-" and float(cells[10]) > 0  # no GPU here; load s
+        # No GPU here; the load's seconds, printed to 0.1 s (a fast disk's can round to 0).
+        assert cells[9] == "-" and float(cells[10]) >= 0
     assert {line.split("|")[3].strip() for line in rows} == {"easel", "plain"}
     assert "executor overhead, batching off" in out and "the same in CPU time" in out
     assert "the target is for GPUs" in out
