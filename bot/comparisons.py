@@ -169,12 +169,15 @@ class CompareMixin:
         comparison: Comparison,
         *,
         parent_job_id: int | None = None,
+        notes: tuple[str, ...] = (),
     ) -> int | None:
         """Check every cell as /draw checks a request, then record and queue the comparison.
 
         A refusal is answered privately and nothing is stored or queued; returns the
-        comparison's job number otherwise.
+        comparison's job number otherwise. ``notes`` go on the grid's post (a member's default
+        brought within this server's limits, say), before the engine's.
         """
+        given = notes
         try:
             comparison, notes = await self._admit_comparison(interaction, comparison)
         except PromptRefused as refusal:
@@ -211,7 +214,7 @@ class CompareMixin:
             user.id,
             cell_ids,
             parent_job_id=parent_job_id,
-            notes=notes,
+            notes=(*given, *(n for n in notes if n not in given)),
         )
         try:
             self._submit_cells(run, [(cell, cell.request) for cell in cells])

@@ -87,7 +87,11 @@ class Jobs(Protocol):
     ) -> int | None: ...
 
     async def compare(
-        self, interaction: discord.Interaction, comparison: Comparison
+        self,
+        interaction: discord.Interaction,
+        comparison: Comparison,
+        *,
+        notes: tuple[str, ...] = (),
     ) -> int | None: ...
 
     async def open_cell(

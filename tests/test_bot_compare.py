@@ -372,3 +372,13 @@ async def test_a_cell_picture_lost_before_a_restart_is_marked_not_fatal(world, m
     (grid,) = [m for m in world.channel.history() if m.attachments]
     assert "1 cell of 4 not drawn" in str(fields(grid))
     assert [c.status for c in await new.store.comparison_cells(1)] == ["done"] * 4
+
+
+async def test_what_the_axes_leave_out_comes_from_the_members_settings_as_in_draw(world):
+    await world.alice.slash(world.channel, "settings set", steps=3, guidance=4.5, count=3)
+    world.bot.executor.pause()  # only what is queued matters here
+    await world.alice.slash(world.channel, "compare", prompt="a fox", sampler="ddim, pndm")
+    cells = await world.bot.store.comparison_cells(1)
+    assert [c.request.sampler for c in cells] == ["ddim", "pndm"]
+    # Steps and guidance are the member's defaults; one picture per cell, whatever their count.
+    assert {(c.request.steps, c.request.guidance, c.request.count) for c in cells} == {(3, 4.5, 1)}

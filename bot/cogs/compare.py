@@ -10,6 +10,7 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.cogs.draw import OPTION_NAMES
+from bot.defaults import resolve
 from bot.model_menu import model_choices
 from bot.policy import typed_model
 from bot.replies import answer_privately
@@ -91,17 +92,24 @@ class Compare(commands.Cog):
             return
         policy = await self.bot.jobs.policy(interaction.guild_id, model)
         caps = self.bot.models.capabilities(policy.model)
+        # What the axes leave out comes from where /draw takes it: the member's /settings, else
+        # this server's, else the bot's. One picture per cell, whatever the member's count.
+        here = interaction.guild_id
+        banned = await self.bot.store.banned_words(here) if here is not None else []
+        mine = self.bot.store.user_settings(interaction.user.id)
+        typed = {"width": width, "height": height, "count": 1, "negative_prompt": negative_prompt}
+        used = resolve(typed, mine, policy, settings, caps, banned)
         base = DrawRequest(
             prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            steps=policy.default_steps,
-            guidance=settings.default_guidance,
+            negative_prompt=used.value("negative_prompt"),
+            steps=used.value("steps"),
+            guidance=used.value("guidance"),
             eta=0.0,
-            sampler=policy.default_sampler,
+            sampler=used.value("sampler"),
             # One seed for every cell, so they differ only by what the axes change.
             seed=random_seed() if seed is None else seed,
-            width=width or policy.default_width,
-            height=height or policy.default_height,
+            width=used.value("width"),
+            height=used.value("height"),
             # A model not allowed here is refused with the rest of the checks.
             model=model or policy.model,
         )
@@ -122,7 +130,7 @@ class Compare(commands.Cog):
         except EaselError as refusal:
             await answer_privately(interaction, str(refusal))
             return
-        await self.bot.jobs.compare(interaction, comparison)
+        await self.bot.jobs.compare(interaction, comparison, notes=used.notes)
 
     @compare.autocomplete("sampler")
     async def sampler_autocomplete(
