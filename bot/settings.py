@@ -105,7 +105,9 @@ class Settings:
                 "MAX_RESIDENT_MODELS must be 0 (automatic) or more; "
                 f"got {self.max_resident_models}."
             )
-        specs = self.model_specs()  # refuses a malformed MODELS
+        specs = self._parse_models()  # refuses a malformed MODELS
+        # Parsed once: several parts of the bot ask for them.
+        object.__setattr__(self, "_model_specs", specs)
         names = [spec.name for spec in specs]
         if self.default_model and self.default_model not in names:
             where = "MODELS" if self.models.strip() else "MODEL"
@@ -128,6 +130,10 @@ class Settings:
 
     def model_specs(self) -> tuple[ModelSpec, ...]:
         """The models to load: MODELS, else MODEL alone (named as it is written)."""
+        specs: tuple[ModelSpec, ...] = getattr(self, "_model_specs")  # noqa: B009
+        return specs
+
+    def _parse_models(self) -> tuple[ModelSpec, ...]:
         if not self.models.strip():
             return (ModelSpec(self.model, self.model),)
         if self.model != DEFAULT_MODEL:
