@@ -512,7 +512,7 @@ def build_comparison(
         axis = Axis(name, tuple(values))
         if len(set(axis.values)) < len(axis.values):
             raise BadCompareValue(
-                N_("{name} lists a value twice; give each value once."), name=name
+                N_("{name} lists a value twice; give each value once."), name=Message(name)
             )
         if len(axis.values) == 1:
             request = axis.apply(request, 0)
