@@ -132,6 +132,8 @@ class CompareMixin:
 
         async def policy(self, guild_id: int | None, model: str | None = None) -> Policy: ...
         def capabilities(self, request: DrawRequest) -> Capabilities: ...
+        @staticmethod
+        async def say_loading(delivery: Delivery, model: str) -> None: ...
         async def same_model(
             self, interaction: discord.Interaction, record: JobRecord
         ) -> str | None: ...
@@ -321,7 +323,7 @@ class CompareMixin:
                 attempts=(attempts or {}).get(cell.index, 0),
                 on_progress=functools.partial(self._on_cell_progress, run, cell, job),
                 on_done=functools.partial(self._on_cell_done, run, cell, job),
-                on_loading=functools.partial(self._on_cell_loading, run),
+                on_loading=functools.partial(self.say_loading, run.delivery),
             )
             self._inflight[job.id] = job
 
@@ -340,9 +342,6 @@ class CompareMixin:
             run.running.add(cell.index)
         run.step = (step, total)
         await run.delivery.status(run.progress())
-
-    async def _on_cell_loading(self, run: ComparisonRun, model: str) -> None:
-        await run.delivery.status(Message(N_("Loading {model}…"), model=model))
 
     async def _on_cell_done(
         self, run: ComparisonRun, cell: Cell, job: Job, outcome: JobOutcome

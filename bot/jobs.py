@@ -313,7 +313,7 @@ class JobRunner(CompareMixin):
             group=job.guild_id,
             on_progress=functools.partial(self._on_progress, job),
             on_done=functools.partial(self._on_done, job),
-            on_loading=functools.partial(self._on_loading, job),
+            on_loading=functools.partial(self.say_loading, job.delivery),
         )
         self._inflight[job.id] = job
 
@@ -535,41 +535,44 @@ class JobRunner(CompareMixin):
         task.add_done_callback(self._background.discard)
 
     async def _give_up(self, job: Job, attempts: int) -> None:
-        reason = f"stopped after {attempts} attempts: the bot went down while drawing it each time"
+        await self._end_restored(
+            job,
+            f"stopped after {attempts} attempts: the bot went down while drawing it each time",
+            messages.ngettext(
+                "⚠️ Job #{job} was stopped: the bot went down {n} time while drawing it, so "
+                "it won't be tried again. It may be too big for this machine; try a smaller "
+                "size or fewer pictures.",
+                "⚠️ Job #{job} was stopped: the bot went down {n} times while drawing it, so "
+                "it won't be tried again. It may be too big for this machine; try a smaller "
+                "size or fewer pictures.",
+                attempts,
+                job=job.id,
+            ),
+        )
+
+    async def _model_gone(self, job: Job, model: str | None) -> None:
+        await self._end_restored(
+            job,
+            f"its model {model} is no longer configured",
+            Message(
+                N_(
+                    "⚠️ Job #{job} was not drawn: its model {model} was removed from the bot "
+                    "while it waited. Draw it again with /draw; /models lists the models."
+                ),
+                job=job.id,
+                model=model,
+            ),
+        )
+
+    async def _end_restored(self, job: Job, reason: str, text: str) -> None:
+        """A job found after a restart that will not run: recorded as failed with ``reason``
+        (for the log and the moderators), its requester told ``text`` in its channel."""
         log.warning("job %s (user %s) not restarted: %s", job.id, job.user_id, reason)
         try:
             await self.store.mark_failed(job.id, reason)
-            await job.delivery.final(
-                content=messages.ngettext(
-                    "⚠️ Job #{job} was stopped: the bot went down {n} time while drawing it, so "
-                    "it won't be tried again. It may be too big for this machine; try a smaller "
-                    "size or fewer pictures.",
-                    "⚠️ Job #{job} was stopped: the bot went down {n} times while drawing it, so "
-                    "it won't be tried again. It may be too big for this machine; try a smaller "
-                    "size or fewer pictures.",
-                    attempts,
-                    job=job.id,
-                )
-            )
+            await job.delivery.final(content=text)
         except Exception:
-            log.exception("telling the requester of job %s that it was stopped failed", job.id)
-
-    async def _model_gone(self, job: Job, model: str | None) -> None:
-        log.warning("job %s not restarted: its model %s is no longer configured", job.id, model)
-        try:
-            await self.store.mark_failed(job.id, f"its model {model} is no longer configured")
-            await job.delivery.final(
-                content=Message(
-                    N_(
-                        "⚠️ Job #{job} was not drawn: its model {model} was removed from the bot "
-                        "while it waited. Draw it again with /draw; /models lists the models."
-                    ),
-                    job=job.id,
-                    model=model,
-                )
-            )
-        except Exception:
-            log.exception("telling the requester of job %s that it was dropped failed", job.id)
+            log.exception("telling the requester of job %s that it ended failed", job.id)
 
     async def _repost(self, job: Job, record: JobRecord) -> None:
         try:
@@ -604,8 +607,10 @@ class JobRunner(CompareMixin):
                 Message(N_("Drawing… {step}/{total}"), step=step, total=total)
             )
 
-    async def _on_loading(self, job: Job, model: str) -> None:
-        await job.delivery.status(Message(N_("Loading {model}…"), model=model))
+    @staticmethod
+    async def say_loading(delivery: Delivery, model: str) -> None:
+        """A job's (or a comparison's) message while its model is brought in."""
+        await delivery.status(Message(N_("Loading {model}…"), model=model))
 
     async def _on_done(self, job: Job, outcome: JobOutcome) -> None:
         try:
