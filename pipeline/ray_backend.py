@@ -178,6 +178,13 @@ class DrawWorker:
             spec.upscaler, steps=spec.upscale_steps, cache_dir=spec.cache_dir
         )
 
+    def ping(self) -> tuple[str, ...] | EaselError:
+        """The models ready here (a cheap "are you alive?": ``describe`` carries every
+        model's tokenizer), or why this worker can't draw at all."""
+        if self.problem is not None:
+            return self.problem
+        return self.models.resident()
+
     def describe(self) -> WorkerInfo | EaselError:
         """What this worker can draw and has ready, or why it can't draw at all."""
         import ray
@@ -771,11 +778,11 @@ class RayBackend:
         from ray.exceptions import RayError
 
         try:
-            info = await asyncio.wait_for(w.actor.describe.remote(), self.worker_timeout_s)
+            info = await asyncio.wait_for(w.actor.ping.remote(), self.worker_timeout_s)
         except (RayError, OSError, TimeoutError) as exc:
             info = exc
-        if isinstance(info, WorkerInfo):
-            self._note(w, info)
+        if isinstance(info, tuple):
+            w.resident = info
             return True
         log.warning("Ray worker %d does not answer: %s", w.index, _first_line(info))
         if isinstance(info, TimeoutError):
@@ -854,11 +861,11 @@ class RayBackend:
         from ray.exceptions import RayError
 
         try:
-            info = await w.actor.describe.remote()
+            info = await w.actor.ping.remote()
         except (RayError, OSError) as exc:
             info = exc
-        if isinstance(info, WorkerInfo):
-            self._note(w, info)
+        if isinstance(info, tuple):
+            w.resident = info
             return
         w.lost = True
         log.warning(

@@ -304,6 +304,10 @@ def test_a_long_load_says_it_is_alive_so_the_watchdog_lets_it_finish(monkeypatch
     assert kinds[2:5] == ["alive"] * 3
     loaded = kinds.index("loaded")
     assert set(kinds[2:loaded]) == {"alive"} and events[loaded] == ("loaded", ("shapes",))
+    # The cheap "alive?" the dispatchers ask says the same, without any tokenizer.
+    assert worker.ping() == ("shapes",)
+    worker.problem = ModelLoadError("The model folder /m/sd15 does not exist.")
+    assert worker.ping() is worker.problem
 
 
 def test_workers_are_told_to_beat_often_enough_and_to_keep_one_model_on_a_card_share():
