@@ -79,39 +79,11 @@ def catalogue(locale: str) -> Translations | None:
     return Translations(mo, domain=DOMAIN)
 
 
-def catalogue_files(locale: str) -> list[Path]:
-    """The .po files of ``locale``: ``messages.po``, then any fragment beside it (a
-    translator's part not merged yet), which fills only what ``messages.po`` leaves empty."""
-    folder = LOCALES_DIR / locale.replace("-", "_") / "LC_MESSAGES"
-    main = folder / f"{DOMAIN}.po"
-    return [main, *sorted(p for p in folder.glob("*.po") if p != main)]
-
-
 def read_catalogue(locale: str) -> Catalog:
-    """``locale``'s messages as one Babel catalogue (``messages.po`` and its fragments)."""
-    merged: Catalog | None = None
-    for path in catalogue_files(locale):
-        with path.open("rb") as po:
-            catalog = read_po(po, locale=locale.replace("-", "_"))
-        if merged is None:
-            merged = catalog
-            continue
-        for message in catalog:
-            if not message.id or not _filled(message.string):
-                continue
-            known = merged.get(message.id)
-            if known is None:
-                merged[message.id] = message
-            elif not _filled(known.string):
-                known.string = message.string
-    assert merged is not None
-    return merged
-
-
-def _filled(string: str | tuple[str, ...] | list[str] | None) -> bool:
-    if isinstance(string, tuple | list):
-        return bool(string) and all(string)
-    return bool(string)
+    """``locale``'s messages (its ``messages.po``) as a Babel catalogue."""
+    path = LOCALES_DIR / locale.replace("-", "_") / "LC_MESSAGES" / f"{DOMAIN}.po"
+    with path.open("rb") as po:
+        return read_po(po, locale=locale.replace("-", "_"))
 
 
 def current() -> str:

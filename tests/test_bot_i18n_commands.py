@@ -84,7 +84,7 @@ def extracted() -> list[tuple[str | tuple[str, str], Path]]:
 
 
 def test_every_string_of_the_commands_and_cogs_is_translated_with_its_placeholders():
-    catalog = i18n.read_catalogue("zh-CN")  # messages.po and the fragment, as the bot reads
+    catalog = i18n.read_catalogue("zh-CN")  # messages.po, as the bot reads
     found = extracted()
     assert len(found) > 150  # the extraction saw the files' strings
     for message, path in found:

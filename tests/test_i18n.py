@@ -45,7 +45,7 @@ def extracted() -> dict[str | tuple[str, str], str]:
 
 @pytest.fixture(scope="module")
 def zh() -> Catalog:
-    # messages.po and any translator's fragment beside it not merged yet, as the bot reads them.
+    # messages.po, as the bot reads it.
     return i18n.read_catalogue("zh-CN")
 
 
