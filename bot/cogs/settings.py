@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.app_commands import locale_str
 from discord.ext import commands
 
-from bot.cogs.draw import OPTION_NAMES
+from bot.cogs.draw import OPTION_NAMES, SAMPLER_CHOICES
 from bot.defaults import DEFAULTABLE, Chosen, resolve
 from bot.i18n import N_, _, enter, localize, private_locale
 from bot.render import shorten
@@ -20,7 +20,7 @@ from bot.text import plain
 from bot.wordfilter import find_banned
 from pipeline.errors import EaselError, PromptRefused
 from pipeline.request import DrawRequest
-from pipeline.samplers import SAMPLERS, sampler_label
+from pipeline.samplers import sampler_label
 
 if TYPE_CHECKING:
     from bot.protocols import Easel
@@ -86,7 +86,7 @@ class Preferences(commands.Cog):
         language=locale_str("The language the bot answers you in"),
     )
     @app_commands.choices(
-        sampler=[app_commands.Choice(name=s.label, value=s.id) for s in SAMPLERS.values()],
+        sampler=SAMPLER_CHOICES,
         language=[
             app_commands.Choice(name=locale_str("Discord's language"), value=AUTO),
             *(app_commands.Choice(name=name, value=code) for code, name in LANGUAGES.items()),
