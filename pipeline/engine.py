@@ -160,7 +160,7 @@ class Engine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = _load_text_to_image(model, device=device, cache_dir=cache_dir)
         engine = cls(pipe, model, device=device, name=name, cache_dir=cache_dir)
-        engine.model_hash = checkpoint_hash(model)
+        engine.model_hash = checkpoint_hash(model, cache_dir=cache_dir)
         return engine
 
     # -- memory: several models take turns on one device ---------------------------------
@@ -704,19 +704,43 @@ def _load_text_to_image(model: str, *, device: str, cache_dir: Path | None) -> A
     return pipe
 
 
-def checkpoint_hash(model: str) -> str | None:
+def checkpoint_hash(model: str, *, cache_dir: Path | None = None) -> str | None:
     """A1111's model hash ("AutoV2": the first 10 hex digits of the file's SHA-256) of a
-    single-file checkpoint; None for anything else (a folder, a hub id, a built-in)."""
+    single-file checkpoint; None for anything else (a folder, a hub id, a built-in).
+
+    Reading gigabytes at every start would slow each one (and each Ray worker's) by seconds,
+    so the hash is kept in ``cache_dir`` (default: the tiny models' cache), keyed by the file's
+    path, size and modification time: a changed file is hashed again."""
     import hashlib
+    import json
+
+    from pipeline.tiny import default_cache_dir
 
     path = Path(model).expanduser()
     if model.startswith("tiny:") or not path.is_file():
         return None
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = (cache_dir or default_cache_dir()) / "checkpoint-hashes.json"
+    try:
+        known: dict[str, str] = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()[:10]
+    known[key] = digest.hexdigest()[:10]
+    try:  # a cache that can't be written only costs the next start the reading again
+        store.parent.mkdir(parents=True, exist_ok=True)
+        temporary = store.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=0))
+        temporary.replace(store)
+    except OSError:
+        log.debug("could not keep the checkpoint hash in %s", store, exc_info=True)
+    return known[key]
 
 
 def release_memory() -> None:

@@ -157,8 +157,15 @@ def test_a_checkpoint_file_has_a1111s_hash_and_the_png_says_it(tmp_path):
     checkpoint = tmp_path / "mine.safetensors"
     checkpoint.write_bytes(b"not really weights" * 1000)
     expected = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
-    assert checkpoint_hash(str(checkpoint)) == expected
-    assert checkpoint_hash(str(tmp_path)) is None and checkpoint_hash("tiny:sd") is None
+    cache = tmp_path / "cache"
+    assert checkpoint_hash(str(checkpoint), cache_dir=cache) == expected
+    assert checkpoint_hash(str(tmp_path), cache_dir=cache) is None
+    assert checkpoint_hash("tiny:sd", cache_dir=cache) is None
+    # Kept, so the next start reads no gigabytes; a changed file is hashed again.
+    assert expected in (cache / "checkpoint-hashes.json").read_text()
+    checkpoint.write_bytes(b"other weights" * 2000)
+    changed = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
+    assert checkpoint_hash(str(checkpoint), cache_dir=cache) == changed != expected
     text = format_parameters(
         DrawRequest("a fox", seed=1, width=64, height=64, sampler="pndm", model="mine"),
         model_hash=expected,
